@@ -1,0 +1,1 @@
+"""Runnable example systems built on resilience (run from the project root)."""

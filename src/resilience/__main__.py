@@ -1,0 +1,3 @@
+from resilience._cli import main
+
+raise SystemExit(main())

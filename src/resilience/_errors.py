@@ -1,0 +1,218 @@
+"""The exception hierarchy.
+
+Every error the library raises on purpose derives from `ResilienceError`, so
+``except ResilienceError`` catches "the toolkit said no" without swallowing the
+protected function's own exceptions, which always propagate unchanged.
+
+```
+ResilienceError
+├── ConfigurationError (ValueError)           bad option, named field and reason
+├── MissingExtraError (ImportError)           optional dependency not installed
+├── PolicyError                               a resilience policy rejected the call
+│   ├── CircuitOpenError                      .name .state .retry_after
+│   ├── BulkheadFullError                     .name .max_concurrent
+│   ├── RateLimitedError                      .name .retry_after
+│   ├── RetryBudgetExhaustedError             .name
+│   └── TimeoutExceededError (TimeoutError)   .timeout
+│       └── DeadlineExceededError             the propagated deadline has passed
+├── IdempotencyError                          .key
+│   ├── IdempotencyInProgressError            .retry_after
+│   ├── IdempotencyKeyMismatchError           same key, different payload
+│   ├── IdempotencyRecordError                corrupted / unreadable stored record
+│   └── IdempotencyPayloadTooLargeError       result too large for the store
+├── MessagingError
+│   ├── MessageDecodeError                    garbage on the wire (dead-letter it)
+│   └── PublishError                          the broker did not acknowledge
+├── OutboxError
+└── SagaError                                 .saga_id
+    ├── IllegalTransitionError                .state .event
+    └── ConcurrentSagaUpdateError             optimistic-lock conflict
+```
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "ConcurrentSagaUpdateError",
+    "ConfigurationError",
+    "DeadlineExceededError",
+    "IdempotencyError",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyMismatchError",
+    "IdempotencyPayloadTooLargeError",
+    "IdempotencyRecordError",
+    "IllegalTransitionError",
+    "MessageDecodeError",
+    "MessagingError",
+    "MissingExtraError",
+    "OutboxError",
+    "PolicyError",
+    "PublishError",
+    "RateLimitedError",
+    "ResilienceError",
+    "RetryBudgetExhaustedError",
+    "SagaError",
+    "TimeoutExceededError",
+]
+
+
+class ResilienceError(Exception):
+    """Base class of every error raised by the toolkit itself."""
+
+
+class ConfigurationError(ResilienceError, ValueError):
+    """An option was invalid; raised at construction, never at call time."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class MissingExtraError(ResilienceError, ImportError):
+    """An optional integration was used without its extra installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{module!r} is not installed; install it with: pip install 'resilience-toolkit[{extra}]'"
+        )
+
+
+class PolicyError(ResilienceError):
+    """A policy refused or abandoned the call before the function could finish."""
+
+
+class CircuitOpenError(PolicyError):
+    """The circuit breaker is not letting calls through."""
+
+    def __init__(self, name: str, state: str, retry_after: float) -> None:
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+        super().__init__(f"circuit {name!r} is {state}; retry after {retry_after:.3f}s")
+
+
+class BulkheadFullError(PolicyError):
+    """Every slot of the bulkhead was busy for longer than the allowed wait."""
+
+    def __init__(self, name: str, max_concurrent: int) -> None:
+        self.name = name
+        self.max_concurrent = max_concurrent
+        super().__init__(f"bulkhead {name!r} is full ({max_concurrent} concurrent calls)")
+
+
+class RateLimitedError(PolicyError):
+    """The rate limiter had no token for this call."""
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        super().__init__(f"rate limiter {name!r} exhausted; retry after {retry_after:.3f}s")
+
+
+class RetryBudgetExhaustedError(PolicyError):
+    """A retry was needed but the shared retry budget had none left.
+
+    The original failure is chained as ``__cause__``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"retry budget {name!r} exhausted; not retrying")
+
+
+class TimeoutExceededError(PolicyError, TimeoutError):
+    """The call did not finish within its timeout."""
+
+    def __init__(self, timeout: float, message: str | None = None) -> None:
+        self.timeout = timeout
+        super().__init__(message or f"call did not finish within {timeout:.3f}s")
+
+
+class DeadlineExceededError(TimeoutExceededError):
+    """The propagated deadline passed before (or while) the call ran."""
+
+
+class IdempotencyError(ResilienceError):
+    """An idempotency key could not be honoured as asked."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class IdempotencyInProgressError(IdempotencyError):
+    """Another call with the same key is still running."""
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            key,
+            f"a call with idempotency key {key!r} is in progress; retry after {retry_after:.3f}s",
+        )
+
+
+class IdempotencyKeyMismatchError(IdempotencyError):
+    """The key was reused with a different payload."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, f"idempotency key {key!r} was already used with a different payload")
+
+
+class IdempotencyRecordError(IdempotencyError):
+    """The stored record for a key is corrupted or unreadable; nothing was run."""
+
+
+class IdempotencyPayloadTooLargeError(IdempotencyError):
+    """The result is too large to be stored for replay."""
+
+
+class MessagingError(ResilienceError):
+    """A message could not be encoded, decoded or delivered."""
+
+
+class MessageDecodeError(MessagingError):
+    """Bytes from the broker are not a valid message; route them to dead letters."""
+
+
+class PublishError(MessagingError):
+    """The broker did not acknowledge every message of a batch.
+
+    ``delivered`` holds the ids the broker did acknowledge, so the caller can
+    record those and retry only the rest.
+    """
+
+    def __init__(self, message: str, delivered: frozenset[str] = frozenset()) -> None:
+        self.delivered = delivered
+        super().__init__(message)
+
+
+class OutboxError(ResilienceError):
+    """The outbox or its relay failed in a way the caller must know about."""
+
+
+class SagaError(ResilienceError):
+    """A saga could not apply an event."""
+
+    def __init__(self, saga_id: str, message: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(message)
+
+
+class IllegalTransitionError(SagaError):
+    """The event would move the saga along a transition that was not declared."""
+
+    def __init__(self, saga_id: str, state: str, event: str) -> None:
+        self.state = state
+        self.event = event
+        super().__init__(
+            saga_id, f"saga {saga_id!r}: event {event!r} is not allowed in state {state!r}"
+        )
+
+
+class ConcurrentSagaUpdateError(SagaError):
+    """Another handler moved the saga first (optimistic lock)."""

@@ -111,3 +111,18 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "resilience", "--help"], capture_output=True, text=True, check=True
     )
     assert "Operate the resilience toolkit" in out.stdout
+
+
+def test_the_documented_error_tree_matches_the_classes() -> None:
+    from resilience import _errors
+
+    doc = _errors.__doc__ or ""
+    for name in _errors.__all__:
+        if name == "ResilienceError":
+            continue
+        assert f"── {name}" in doc, f"{name} is missing from the tree"
+        # drawn under its direct base: the base's name comes earlier in the tree
+        parent = getattr(_errors, name).__mro__[1].__name__
+        assert doc.index(parent) < doc.index(f"── {name}"), f"{name} is drawn outside {parent}"
+    for name in _errors.__all__:
+        assert getattr(resilience, name) is getattr(_errors, name), f"{name} not re-exported"

@@ -3,7 +3,8 @@
 The top-level namespace holds the errors and the names most code needs; each
 capability lives in its own subpackage (`resilience.policies`,
 `resilience.idempotency`, `resilience.messaging`, `resilience.outbox`,
-`resilience.saga`, `resilience.tracing`, `resilience.testing`).
+`resilience.saga`, `resilience.tracing`, `resilience.testing`). The policies
+are re-exported here because nearly every service uses them.
 
 Importing this package imports nothing outside the standard library and
 tenacity: Redis, Kafka, SQLAlchemy and OpenTelemetry load only when used.
@@ -19,8 +20,10 @@ from ._errors import (
     IdempotencyError,
     IdempotencyInProgressError,
     IdempotencyKeyMismatchError,
+    IdempotencyLeaseLostError,
     IdempotencyPayloadTooLargeError,
     IdempotencyRecordError,
+    IdempotentReplayedError,
     IllegalTransitionError,
     MessageDecodeError,
     MessagingError,
@@ -32,25 +35,49 @@ from ._errors import (
     ResilienceError,
     RetryBudgetExhaustedError,
     SagaError,
+    SubscriptionClosedError,
     TimeoutExceededError,
 )
 from ._telemetry import Event, LoggingTelemetry, Telemetry, TelemetryFanout
 from ._version import __version__
+from .idempotency import idempotent
+from .policies import (
+    DEFAULT_FALLBACK_ON,
+    Bulkhead,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitState,
+    Fallback,
+    Pipeline,
+    RateLimiter,
+    Retry,
+    RetryBudget,
+    Timeout,
+    deadline,
+)
 
 __all__ = [
+    "DEFAULT_FALLBACK_ON",
     "SYSTEM_CLOCK",
+    "Bulkhead",
     "BulkheadFullError",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
     "CircuitOpenError",
+    "CircuitState",
     "Clock",
     "ConcurrentSagaUpdateError",
     "ConfigurationError",
     "DeadlineExceededError",
     "Event",
+    "Fallback",
     "IdempotencyError",
     "IdempotencyInProgressError",
     "IdempotencyKeyMismatchError",
+    "IdempotencyLeaseLostError",
     "IdempotencyPayloadTooLargeError",
     "IdempotencyRecordError",
+    "IdempotentReplayedError",
     "IllegalTransitionError",
     "LoggingTelemetry",
     "MessageDecodeError",
@@ -58,14 +85,22 @@ __all__ = [
     "MissingExtraError",
     "MonotonicClock",
     "OutboxError",
+    "Pipeline",
     "PolicyError",
     "PublishError",
     "RateLimitedError",
+    "RateLimiter",
     "ResilienceError",
+    "Retry",
+    "RetryBudget",
     "RetryBudgetExhaustedError",
     "SagaError",
+    "SubscriptionClosedError",
     "Telemetry",
     "TelemetryFanout",
+    "Timeout",
     "TimeoutExceededError",
     "__version__",
+    "deadline",
+    "idempotent",
 ]

@@ -18,7 +18,11 @@ from ._version import __version__
 
 __all__ = ["build_parser", "main"]
 
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = (
+    "resilience.outbox._cli",
+    "resilience.idempotency._cli",
+    "resilience.policies._breaker_cli",
+)
 """Modules with ``register(subparsers) -> None``, in the order ``--help`` lists them."""
 
 Handler = Callable[[argparse.Namespace], int]

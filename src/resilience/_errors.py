@@ -19,10 +19,13 @@ ResilienceError
 │   ├── IdempotencyInProgressError            .retry_after
 │   ├── IdempotencyKeyMismatchError           same key, different payload
 │   ├── IdempotencyRecordError                corrupted / unreadable stored record
-│   └── IdempotencyPayloadTooLargeError       result too large for the store
+│   ├── IdempotencyPayloadTooLargeError       result too large for the store
+│   ├── IdempotencyLeaseLostError             this caller no longer owns the key (fencing)
+│   └── IdempotentReplayedError               a stored final error, replayed .type_name .args
 ├── MessagingError
 │   ├── MessageDecodeError                    garbage on the wire (dead-letter it)
-│   └── PublishError                          the broker did not acknowledge
+│   ├── PublishError                          the broker did not acknowledge
+│   └── SubscriptionClosedError               closed, evicted or fatally failed: subscribe again
 ├── OutboxError
 └── SagaError                                 .saga_id
     ├── IllegalTransitionError                .state .event
@@ -41,8 +44,10 @@ __all__ = [
     "IdempotencyError",
     "IdempotencyInProgressError",
     "IdempotencyKeyMismatchError",
+    "IdempotencyLeaseLostError",
     "IdempotencyPayloadTooLargeError",
     "IdempotencyRecordError",
+    "IdempotentReplayedError",
     "IllegalTransitionError",
     "MessageDecodeError",
     "MessagingError",
@@ -54,6 +59,7 @@ __all__ = [
     "ResilienceError",
     "RetryBudgetExhaustedError",
     "SagaError",
+    "SubscriptionClosedError",
     "TimeoutExceededError",
 ]
 
@@ -93,7 +99,12 @@ class CircuitOpenError(PolicyError):
         self.name = name
         self.state = state
         self.retry_after = retry_after
-        super().__init__(f"circuit {name!r} is {state}; retry after {retry_after:.3f}s")
+        hint = (
+            "until it is reset"
+            if retry_after == float("inf")
+            else f"retry after {retry_after:.3f}s"
+        )
+        super().__init__(f"circuit {name!r} is {state}; {hint}")
 
 
 class BulkheadFullError(PolicyError):
@@ -171,6 +182,37 @@ class IdempotencyPayloadTooLargeError(IdempotencyError):
     """The result is too large to be stored for replay."""
 
 
+class IdempotencyLeaseLostError(IdempotencyError):
+    """This caller's claim on the key is gone, so it may not write to the record.
+
+    Raised when completing, checkpointing, renewing or releasing with an owner
+    token that is no longer current: the lease expired and another caller took
+    the key over, or the record was completed or purged. The stale owner must
+    stop: its writes are fenced off so they cannot clobber the new owner's.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, f"lost the lease on idempotency key {key!r}; another owner holds it")
+
+
+class IdempotentReplayedError(IdempotencyError):
+    """The first call failed with a final error; this is its replay.
+
+    Raised instead of the original exception when its class cannot be rebuilt
+    safely (only classes named in ``final_errors`` are rebuilt), so a declined
+    charge stays declined on every retry without running the charge again.
+    ``type_name`` is ``module:qualname`` of the original, ``error_args`` its args.
+    """
+
+    def __init__(
+        self, key: str, type_name: str, message: str, error_args: tuple[object, ...] = ()
+    ) -> None:
+        self.type_name = type_name
+        self.error_message = message
+        self.error_args = error_args
+        super().__init__(key, f"replayed final error {type_name}: {message}")
+
+
 class MessagingError(ResilienceError):
     """A message could not be encoded, decoded or delivered."""
 
@@ -189,6 +231,14 @@ class PublishError(MessagingError):
     def __init__(self, message: str, delivered: frozenset[str] = frozenset()) -> None:
         self.delivered = delivered
         super().__init__(message)
+
+
+class SubscriptionClosedError(MessagingError):
+    """The subscription can no longer be used: closed, crashed, or its client failed fatally.
+
+    Unlike other broker errors this is not retried by the consumer loop: only
+    a new subscription can continue (its unacked records are redelivered).
+    """
 
 
 class OutboxError(ResilienceError):

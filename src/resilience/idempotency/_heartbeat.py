@@ -1,0 +1,156 @@
+"""Lease renewal while a protected call runs.
+
+Blocking calls share one daemon thread per process, so registering a lease
+costs a dict insert rather than a thread start; async calls use
+``loop.call_later`` on their own loop. Renewal uses real time on purpose: the
+lease is a promise about the wall clock the *store* keeps, and a heartbeat
+that a fake clock could stop would let a live call lose its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from resilience._errors import IdempotencyLeaseLostError
+
+__all__ = ["AsyncLease", "Lease", "start_lease"]
+
+_log = logging.getLogger("resilience.idempotency")
+
+
+class Lease:
+    """One registered call: renewed every ``interval`` seconds until stopped."""
+
+    __slots__ = ("interval", "lost", "next_due", "renew")
+
+    def __init__(self, renew: Callable[[], None], interval: float) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.next_due = time.monotonic() + interval
+        self.lost = False
+
+    def stop(self) -> None:
+        _KEEPER.remove(self)
+
+
+class _Keeper:
+    __slots__ = ("_cond", "_leases", "_thread", "_wake_at")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._leases: dict[int, Lease] = {}
+        self._thread: threading.Thread | None = None
+        self._wake_at = float("inf")
+
+    def add(self, lease: Lease) -> None:
+        # Lock-free on the hot path: dict stores are atomic, and a beat that
+        # misses a just-added lease sees it at the next wake-up, long before it
+        # is due (the first renewal is a full interval away).
+        self._leases[id(lease)] = lease
+        if self._thread is None or lease.next_due < self._wake_at:
+            with self._cond:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._run, name="resilience-idempotency-heartbeat", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify()
+
+    def remove(self, lease: Lease) -> None:
+        self._leases.pop(id(lease), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                leases = list(self._leases.values())
+                due = [lease for lease in leases if lease.next_due <= now]
+                for lease in due:
+                    lease.next_due = now + lease.interval
+                self._wake_at = min((x.next_due for x in leases), default=now + 60)
+                if not due:
+                    self._cond.wait(timeout=max(0.0, self._wake_at - now))
+                    continue
+            for lease in due:
+                _renew(lease)
+
+
+def _renew(lease: Lease) -> None:
+    try:
+        lease.renew()
+    except IdempotencyLeaseLostError:
+        lease.lost = True
+        _KEEPER.remove(lease)
+    except Exception:  # a blip: the next beat tries again while the lease still holds
+        _log.warning("idempotency lease renewal failed; will retry", exc_info=True)
+
+
+_KEEPER = _Keeper()
+
+
+def _after_fork_in_child() -> None:
+    # The keeper thread does not survive fork(); the child starts a fresh one
+    # (leases of the parent's calls are not the child's to renew).
+    global _KEEPER  # noqa: PLW0603 - the process-wide keeper is replaced on purpose
+    _KEEPER = _Keeper()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def start_lease(renew: Callable[[], None], interval: float) -> Lease:
+    """Renew via *renew* every *interval* seconds on the shared thread until ``stop()``."""
+    lease = Lease(renew, interval)
+    _KEEPER.add(lease)
+    return lease
+
+
+class AsyncLease:
+    """The asyncio flavour: a ``call_later`` chain on the running loop."""
+
+    __slots__ = ("_handle", "_interval", "_loop", "_renew", "_task", "lost")
+
+    def __init__(self, renew: Callable[[], Coroutine[Any, Any, None]], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        self._task = self._loop.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        try:
+            await self._renew()
+        except IdempotencyLeaseLostError:
+            self.lost = True
+            self._handle = None
+            return
+        except Exception:
+            _log.warning("idempotency lease renewal failed; will retry", exc_info=True)
+        if self._handle is not None:
+            self._handle = self._loop.call_later(self._interval, self._fire)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(Exception):
+                self._task.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

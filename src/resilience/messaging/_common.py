@@ -1,0 +1,132 @@
+"""Pieces every transport shares: batch encoding, partition hashing, dead-letter records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from collections.abc import Sequence
+from typing import Final
+
+from resilience._errors import ConfigurationError, PublishError
+
+from ._message import Codec, Message, RawMessage, encode_message
+from ._protocols import Router
+
+__all__ = [
+    "DLQ_DEAD_LETTERED_AT",
+    "DLQ_DELIVERY_COUNT",
+    "DLQ_ORIGINAL_ID",
+    "DLQ_ORIGINAL_OFFSET",
+    "DLQ_ORIGINAL_PARTITION",
+    "DLQ_ORIGINAL_TOPIC",
+    "DLQ_REASON",
+    "DLQ_SUFFIX",
+    "dead_letter_destination",
+    "dead_letter_record",
+    "encode_batch",
+    "header",
+    "partition_for",
+]
+
+DLQ_SUFFIX: Final = ".dlq"
+"""Appended to a destination to name its dead-letter destination (``orders`` -> ``orders.dlq``)."""
+DLQ_REASON: Final = "dlq-reason"
+"""Header on a dead letter: why it could not be processed (decode error, last handler error)."""
+DLQ_ORIGINAL_TOPIC: Final = "dlq-original-topic"
+"""Header on a dead letter: the topic / stream it was consumed from, to replay it there."""
+DLQ_ORIGINAL_PARTITION: Final = "dlq-original-partition"
+"""Header on a dead letter: its partition (Kafka, in-memory), to find it in the original log."""
+DLQ_ORIGINAL_OFFSET: Final = "dlq-original-offset"
+"""Header on a dead letter: its offset in that partition (Kafka, in-memory)."""
+DLQ_ORIGINAL_ID: Final = "dlq-original-id"
+"""Header on a dead letter: its stream entry id (Redis Streams), in place of an offset."""
+DLQ_DELIVERY_COUNT: Final = "dlq-delivery-count"
+"""Header on a dead letter: how often the broker had handed it out, when the broker counts."""
+DLQ_DEAD_LETTERED_AT: Final = "dlq-dead-lettered-at"
+"""Header on a dead letter: when it was moved aside (ISO 8601, UTC)."""
+_DLQ_HEADERS: Final = frozenset(
+    {
+        DLQ_REASON,
+        DLQ_ORIGINAL_TOPIC,
+        DLQ_ORIGINAL_PARTITION,
+        DLQ_ORIGINAL_OFFSET,
+        DLQ_ORIGINAL_ID,
+        DLQ_DELIVERY_COUNT,
+        DLQ_DEAD_LETTERED_AT,
+    }
+)
+_MAX_REASON_CHARS: Final = 2000
+
+
+def dead_letter_destination(destination: str) -> str:
+    """Where records that fail on *destination* go: ``<destination>.dlq``."""
+    return destination + DLQ_SUFFIX
+
+
+def encode_batch(
+    messages: Sequence[Message], router: Router, codec: Codec, source: str
+) -> list[tuple[str, Message, RawMessage]]:
+    """Route and encode a whole batch before anything is sent.
+
+    A payload that cannot be encoded fails the batch up front (nothing was
+    sent, so ``delivered`` is empty), like a broker rejecting a record.
+    """
+    out: list[tuple[str, Message, RawMessage]] = []
+    for message in messages:
+        try:
+            destination = router(message)
+            raw = encode_message(message, codec, source=source)
+        except ConfigurationError as exc:
+            raise PublishError(
+                f"message {message.id!r} ({message.type}) cannot be published: {exc}"
+            ) from exc
+        out.append((destination, message, raw))
+    return out
+
+
+def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
+    """CRC32 of the key modulo the partition count (librdkafka's default
+    ``consistent_random`` partitioner); keyless records use *fallback*."""
+    if key is None:
+        return fallback % partitions
+    return zlib.crc32(key) % partitions
+
+
+def header(raw: RawMessage, name: str) -> str | None:
+    """The last value of header *name*, decoded leniently; None when absent."""
+    found: bytes | None = None
+    for key, value in raw.headers:
+        if key == name:
+            found = value
+    return found.decode("utf-8", "replace") if found is not None else None
+
+
+def dead_letter_record(
+    raw: RawMessage,
+    reason: str,
+    *,
+    topic: str,
+    partition: int | None = None,
+    offset: int | str | None = None,
+    delivery_count: int | None = None,
+) -> RawMessage:
+    """The record written to the dead-letter destination: the original bytes,
+    untouched, plus headers saying where it came from and why it failed."""
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[: _MAX_REASON_CHARS - 3] + "..."
+    headers = [(k, v) for k, v in raw.headers if k not in _DLQ_HEADERS]
+    headers.append((DLQ_REASON, reason.encode("utf-8", "replace")))
+    headers.append((DLQ_ORIGINAL_TOPIC, topic.encode()))
+    if partition is not None:
+        headers.append((DLQ_ORIGINAL_PARTITION, str(partition).encode()))
+    if offset is not None:
+        headers.append(
+            (
+                DLQ_ORIGINAL_ID if isinstance(offset, str) else DLQ_ORIGINAL_OFFSET,
+                str(offset).encode(),
+            )
+        )
+    if delivery_count is not None:
+        headers.append((DLQ_DELIVERY_COUNT, str(delivery_count).encode()))
+    headers.append((DLQ_DEAD_LETTERED_AT, dt.datetime.now(dt.UTC).isoformat().encode()))
+    return RawMessage(key=raw.key, value=raw.value, headers=headers)

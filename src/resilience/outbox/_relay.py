@@ -1,0 +1,688 @@
+"""`Relay`: moves committed outbox rows to the broker, in order, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from resilience._clock import SYSTEM_CLOCK, Clock
+from resilience._errors import CircuitOpenError, ConfigurationError, PublishError
+from resilience._optional import require
+from resilience._telemetry import Event, LoggingTelemetry, Telemetry
+from resilience.messaging._message import Message
+
+from ._core import RelayOptions, plan_waves
+from ._outbox import Outbox, OutboxStats
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from resilience.messaging import Publisher
+    from resilience.policies import Policy
+
+__all__ = ["BatchResult", "Relay"]
+
+_COMPONENT: Final = "outbox_relay"
+_log = logging.getLogger("resilience.outbox")
+_MAX_ERROR_CHARS: Final = 2000
+_PAUSE_SLICE: Final = 0.1
+_SKIP_LOCKED_DIALECTS: Final = frozenset({"postgresql", "mysql", "mariadb"})
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _Row(NamedTuple):
+    """A claimed row (a tuple: built 500 times per batch, so cheap to create)."""
+
+    position: int
+    message_id: str
+    key: str | None
+    prev: int | None
+    attempts: int
+    destination: str | None
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one `Relay.run_once` did.
+
+    Attributes:
+        claimed: rows read from the table.
+        published: rows the broker acknowledged (deleted or marked sent).
+        failed: rows whose publish failed (backed off or dead-lettered).
+        dead: rows dead-lettered by this batch.
+        waiting: claimed rows left alone because an earlier row of their key is
+            not yet acknowledged (held by another relay, or failed in this batch).
+        lease_held: False when another relay holds the lease (lease mode).
+        retry_after: set when the circuit breaker refused the batch.
+        error: the last publish error, if any.
+    """
+
+    claimed: int = 0
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+    waiting: int = 0
+    lease_held: bool = True
+    retry_after: float | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    delivered: list[_Row]
+    failed: list[_Row]
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class _PgListener:
+    """A LISTEN connection that ends an idle wait as soon as a NOTIFY arrives."""
+
+    def __init__(self, url: sa.URL, channel: str) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._channel = channel
+        self._conn: Any = None
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait up to *timeout*; True if woken by a notification."""
+        psycopg = require("psycopg", "postgres")
+        clock_deadline = SYSTEM_CLOCK.monotonic() + timeout
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=3)
+                quoted = self._channel.replace('"', '""')
+                self._conn.execute(f'LISTEN "{quoted}"')
+            while not stop.is_set():
+                remaining = clock_deadline - SYSTEM_CLOCK.monotonic()
+                if remaining <= 0:
+                    return False
+                for _ in self._conn.notifies(timeout=min(remaining, 0.25), stop_after=1):
+                    return True
+            return False
+        except psycopg.Error:
+            self.close()
+            remaining = clock_deadline - SYSTEM_CLOCK.monotonic()
+            if remaining > 0:
+                stop.wait(remaining)
+            return False
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class Relay:
+    """Publishes committed outbox rows to a broker, at least once, keeping per-key order.
+
+    Each batch is claimed in a transaction: with ``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL (any number of relays share the work), or under a lease row
+    judged by the database clock elsewhere (SQLite: one active relay, others
+    stand by). A key's row is published only after the key's earlier rows are
+    acknowledged (see `plan_waves`), so order per key holds across relays.
+    Failed rows back off (``available_at``) and are dead-lettered after
+    ``max_attempts``; the optional *breaker* stops hammering a broker that is down.
+
+    Run it as a thread (`start` / `stop`), as an asyncio task (``await
+    relay.run(stop_event)``), or as a process (``resilience outbox relay``).
+
+    Args:
+        engine: SQLAlchemy engine of the database holding the outbox.
+        outbox: the `Outbox` events are written to.
+        publisher: a `resilience.messaging.Publisher` (blocks until acknowledged).
+        options: a `RelayOptions`; keyword *overrides* replace single fields.
+        breaker: a policy (e.g. `resilience.policies.CircuitBreaker`) wrapped
+            around every publish; while it is open nothing is attempted or charged.
+        telemetry: receives `resilience.Event` s (failures, dead letters, lease changes).
+        clock: used for relay-level backoff pauses.
+        system: ``messaging.system`` for trace spans; guessed from the publisher.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        outbox: Outbox,
+        publisher: Publisher,
+        *,
+        options: RelayOptions | None = None,
+        breaker: Policy | None = None,
+        telemetry: Telemetry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        system: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        sql = require("sqlalchemy", "sql")
+        if not isinstance(engine, sql.Engine):
+            raise ConfigurationError("engine", "must be a sqlalchemy Engine")
+        if not isinstance(outbox, Outbox):
+            raise ConfigurationError("outbox", "must be a resilience.outbox.Outbox")
+        if not callable(getattr(publisher, "publish", None)):
+            raise ConfigurationError("publisher", "must have publish(messages)")
+        base = options if options is not None else RelayOptions()
+        try:
+            self.options = dataclasses.replace(base, **overrides) if overrides else base
+        except TypeError as exc:
+            raise ConfigurationError("options", str(exc)) from exc
+        self._engine = engine
+        self._outbox = outbox
+        self._publisher = publisher
+        self._breaker = breaker
+        self._telemetry: Telemetry = telemetry if telemetry is not None else LoggingTelemetry()
+        self._clock = clock
+        self._system = system or _guess_system(publisher)
+        dialect = engine.dialect.name
+        mode = self.options.claim_mode
+        if mode == "auto":
+            mode = "skip_locked" if dialect in _SKIP_LOCKED_DIALECTS else "lease"
+        self._mode = mode
+        self._holder = (
+            f"{self.options.name}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        self._has_lease = False
+        self._listener = (
+            _PgListener(engine.url, outbox.channel)
+            if self.options.listen and dialect == "postgresql"
+            else None
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._claim_query = self._build_claim_query()
+        self._heads_query = self._build_claim_query(heads_only=True)
+        self._done_statement = self._build_done_statement()
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def claim_mode(self) -> str:
+        """``"skip_locked"`` or ``"lease"``, as resolved for this database."""
+        return self._mode
+
+    # ------------------------------------------------------------------ one batch
+
+    def run_once(self) -> BatchResult:
+        """Claim one batch, publish it and record the outcome; the unit every driver repeats."""
+        if self._mode == "lease":
+            return self._run_once_leased()
+        with self._engine.connect() as conn, conn.begin():
+            rows = self._claim(conn)
+            if not rows:
+                return BatchResult()
+            outcome, waiting = self._publish(rows)
+            dead = self._record(conn, outcome)
+        return self._finish(rows, outcome, dead, waiting)
+
+    def _run_once_leased(self) -> BatchResult:
+        with self._engine.begin() as conn:
+            held = self._acquire_lease(conn)
+            rows = self._claim(conn) if held else []
+        self._note_lease(held)
+        if not held:
+            return BatchResult(lease_held=False)
+        if not rows:
+            return BatchResult()
+        outcome, waiting = self._publish(rows)
+        with self._engine.begin() as conn:
+            dead = self._record(conn, outcome)
+        return self._finish(rows, outcome, dead, waiting)
+
+    def _finish(
+        self, rows: Sequence[_Row], outcome: _Outcome, dead: list[_Row], waiting: int
+    ) -> BatchResult:
+        if outcome.failed:
+            self._emit(
+                "publish_failed",
+                count=len(outcome.failed),
+                delivered=len(outcome.delivered),
+                error=outcome.error,
+            )
+        for row in dead:
+            self._emit(
+                "dead_lettered",
+                message_id=row.message_id,
+                position=row.position,
+                key=row.key,
+                attempts=row.attempts + 1,
+                error=outcome.error,
+            )
+        return BatchResult(
+            claimed=len(rows),
+            published=len(outcome.delivered),
+            failed=len(outcome.failed),
+            dead=len(dead),
+            waiting=waiting,
+            retry_after=outcome.retry_after,
+            error=outcome.error,
+        )
+
+    def _build_claim_query(self, *, heads_only: bool = False) -> Any:
+        sql = require("sqlalchemy", "sql")
+        t = self._outbox.table
+        earlier = t.alias("earlier")
+        prev_conditions = [
+            earlier.c.key == t.c.key,
+            earlier.c.position < t.c.position,
+            earlier.c.sent_at.is_(None),
+        ]
+        if not self.options.dead_letter_blocks_key:
+            prev_conditions.append(earlier.c.dead_at.is_(None))
+        # The nearest earlier unsent row of the key: one backward step in the
+        # (key, position) index. PostgreSQL picks that index once the table has
+        # statistics; see "Operating" in docs/messaging/outbox.md about ANALYZE.
+        prev = (
+            sql.select(earlier.c.position)
+            .where(*prev_conditions)
+            .order_by(earlier.c.key.desc(), earlier.c.position.desc())
+            .limit(1)
+            .scalar_subquery()
+            .label("prev")
+        )
+        query = (
+            sql.select(
+                t.c.position,
+                t.c.message_id,
+                t.c.type,
+                t.c.key,
+                t.c.destination,
+                t.c.payload,
+                t.c.headers,
+                t.c.occurred_at,
+                t.c.attempts,
+                prev,
+            )
+            .where(
+                t.c.sent_at.is_(None),
+                t.c.dead_at.is_(None),
+                sql.or_(t.c.available_at.is_(None), t.c.available_at <= sql.bindparam("now")),
+            )
+            .order_by(t.c.position)
+            .limit(self.options.batch_size)
+        )
+        if heads_only:
+            # Only rows with no earlier unsent row of their key: always publishable.
+            head = sql.select(earlier.c.position).where(*prev_conditions).exists()
+            query = query.where(sql.or_(t.c.key.is_(None), ~head))
+        if self._mode == "skip_locked":
+            query = query.with_for_update(skip_locked=True, of=t)
+        return query
+
+    def _build_done_statement(self) -> Any:
+        sql = require("sqlalchemy", "sql")
+        t = self._outbox.table
+        if self._engine.dialect.name == "postgresql":
+            # One array parameter instead of an IN list of 500 parameters.
+            postgresql = require("sqlalchemy.dialects.postgresql", "sql")
+            param = sql.bindparam("positions", type_=postgresql.ARRAY(sql.BigInteger()))
+            condition = t.c.position == sql.any_(param)
+        else:
+            condition = t.c.position.in_(sql.bindparam("positions", expanding=True))
+        if self.options.on_sent == "delete":
+            return t.delete().where(condition)
+        return (
+            t.update()
+            .where(condition)
+            .values(sent_at=sql.bindparam("now"), attempts=t.c.attempts + 1)
+        )
+
+    def _claim(self, conn: sa.Connection) -> list[_Row]:
+        now = _utcnow()
+        claimed = self._claim_rows(conn, self._claim_query, now)
+        if len(claimed) == self.options.batch_size:
+            publishable = sum(len(w) for w in plan_waves(claimed))
+            if publishable < len(claimed) // 2:
+                # The batch is mostly rows waiting behind an earlier row of their key
+                # (backing off, or held by another relay): one hot key could starve
+                # every other key this way. Also claim the heads of other keys.
+                seen = {r.position for r in claimed}
+                extra = [
+                    r
+                    for r in self._claim_rows(conn, self._heads_query, now)
+                    if r.position not in seen
+                ]
+                if extra:
+                    claimed = sorted(claimed + extra, key=lambda r: r.position)
+        return claimed
+
+    def _claim_rows(self, conn: sa.Connection, query: Any, now: dt.datetime) -> list[_Row]:
+        rows = conn.execute(query, {"now": now}).all()
+        decode = self._outbox.codec.decode
+        claimed = []
+        # Column order: position, message_id, type, key, destination, payload,
+        # headers, occurred_at, attempts, prev (see _build_claim_query).
+        for (
+            position,
+            message_id,
+            type_,
+            key,
+            destination,
+            payload,
+            headers,
+            occurred,
+            *rest,
+        ) in rows:
+            when = occurred if occurred.tzinfo is not None else occurred.replace(tzinfo=dt.UTC)
+            message = Message(
+                type=type_,
+                payload=decode(payload),
+                key=key,
+                id=message_id,
+                headers=headers or {},
+                occurred_at=when,
+            )
+            claimed.append(_Row(position, message_id, key, rest[1], rest[0], destination, message))
+        return claimed
+
+    def _publish(self, rows: Sequence[_Row]) -> tuple[_Outcome, int]:
+        waves = plan_waves(rows)
+        planned = sum(len(w) for w in waves)
+        if self.options.ordering == "pipelined" and len(waves) > 1:
+            chosen = {r.position for w in waves for r in w}
+            waves = [[r for r in rows if r.position in chosen]]  # position order
+        outcome = _Outcome(delivered=[], failed=[])
+        for wave in waves:
+            try:
+                self._send(wave)
+            except CircuitOpenError as exc:
+                outcome.retry_after = exc.retry_after
+                outcome.error = str(exc)
+                break
+            except PublishError as exc:
+                acked = exc.delivered
+                outcome.delivered.extend(r for r in wave if r.message_id in acked)
+                outcome.failed.extend(r for r in wave if r.message_id not in acked)
+                outcome.error = str(exc) or type(exc).__name__
+                break
+            except Exception as exc:  # a transport that raised something else: same handling
+                outcome.failed.extend(wave)
+                outcome.error = f"{type(exc).__name__}: {exc}"
+                break
+            outcome.delivered.extend(wave)
+        waiting = len(rows) - planned
+        return outcome, waiting
+
+    def _send(self, wave: Sequence[_Row]) -> None:
+        messages = [r.message for r in wave]
+        if self.options.tracing and _tracing_configured():
+            from resilience.tracing import producer_span
+
+            with contextlib.ExitStack() as stack:
+                for i, row in enumerate(wave):
+                    wire = stack.enter_context(
+                        producer_span(
+                            row.message,
+                            system=self._system,
+                            destination=row.destination or row.message.type,
+                        )
+                    )
+                    if wire:
+                        messages[i] = row.message.with_headers(**wire)
+                self._call_publish(messages)
+        else:
+            self._call_publish(messages)
+
+    def _call_publish(self, messages: list[Message]) -> None:
+        if self._breaker is not None:
+            self._breaker.call(self._publisher.publish, messages)
+        else:
+            self._publisher.publish(messages)
+
+    def _record(self, conn: sa.Connection, outcome: _Outcome) -> list[_Row]:
+        sql = require("sqlalchemy", "sql")
+        t = self._outbox.table
+        now = _utcnow()
+        if outcome.delivered:
+            positions = [r.position for r in outcome.delivered]
+            conn.execute(self._done_statement, {"positions": positions, "now": now})
+        dead: list[_Row] = []
+        if outcome.failed:
+            error = (outcome.error or "")[:_MAX_ERROR_CHARS]
+            params = []
+            # Charge the earliest failed row only: a poison row must not use up the
+            # attempts of its batch-mates (many publishers stop at the first refusal),
+            # and a broker outage then spends attempts one row at a time.
+            for row in outcome.failed[:1]:
+                attempts = row.attempts + 1
+                is_dead = attempts >= self.options.max_attempts
+                if is_dead:
+                    dead.append(row)
+                params.append(
+                    {
+                        "b_position": row.position,
+                        "b_attempts": attempts,
+                        "b_error": error,
+                        "b_available": None
+                        if is_dead
+                        else now + dt.timedelta(seconds=self.options.backoff.delay(attempts)),
+                        "b_dead": now if is_dead else None,
+                    }
+                )
+            conn.execute(
+                t.update()
+                .where(t.c.position == sql.bindparam("b_position"))
+                .values(
+                    attempts=sql.bindparam("b_attempts"),
+                    last_error=sql.bindparam("b_error"),
+                    available_at=sql.bindparam("b_available"),
+                    dead_at=sql.bindparam("b_dead"),
+                ),
+                params,
+            )
+        return dead
+
+    # ------------------------------------------------------------------ lease
+
+    def _db_now(self) -> Any:
+        sql = require("sqlalchemy", "sql")
+        dialect = self._engine.dialect.name
+        if dialect == "sqlite":
+            return sql.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+        if dialect == "postgresql":
+            return sql.literal_column("extract(epoch from clock_timestamp())")
+        if dialect in {"mysql", "mariadb"}:
+            return sql.literal_column("UNIX_TIMESTAMP(NOW(6))")
+        return sql.literal(_utcnow().timestamp())
+
+    def _acquire_lease(self, conn: sa.Connection) -> bool:
+        sql = require("sqlalchemy", "sql")
+        lease = self._outbox.lease_table
+        now = self._db_now()
+        ttl = self.options.lease_ttl
+        updated = conn.execute(
+            lease.update()
+            .where(
+                lease.c.name == self._outbox.channel,
+                sql.or_(lease.c.holder == self._holder, lease.c.expires_at < now),
+            )
+            .values(holder=self._holder, expires_at=now + ttl)
+            .returning(lease.c.holder)
+        ).first()
+        if updated is not None:
+            return True
+        exists = conn.execute(
+            sql.select(lease.c.holder).where(lease.c.name == self._outbox.channel)
+        ).first()
+        if exists is not None:
+            return False
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    lease.insert().values(
+                        name=self._outbox.channel, holder=self._holder, expires_at=now + ttl
+                    )
+                )
+        except sql.exc.IntegrityError:
+            return False
+        return True
+
+    def _release_lease(self) -> None:
+        if self._mode != "lease" or not self._has_lease:
+            return
+        lease = self._outbox.lease_table
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    lease.update()
+                    .where(lease.c.name == self._outbox.channel, lease.c.holder == self._holder)
+                    .values(expires_at=0.0)
+                )
+        except Exception:  # best effort: the lease expires by itself anyway
+            _log.debug("releasing the relay lease failed", exc_info=True)
+        self._has_lease = False
+
+    def _note_lease(self, held: bool) -> None:
+        if held != self._has_lease:
+            self._has_lease = held
+            self._emit("lease_acquired" if held else "lease_lost", holder=self._holder)
+
+    # ------------------------------------------------------------------ drivers
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Repeat `run_once` until *stop* is set, waiting when idle and backing off on failures."""
+        stop = stop if stop is not None else self._stop
+        opts = self.options
+        idle = opts.idle_min
+        failures = 0
+        self._emit("started", mode=self._mode, holder=self._holder)
+        try:
+            while not stop.is_set():
+                try:
+                    result = self.run_once()
+                except Exception as exc:  # database unreachable, connection dropped...
+                    failures += 1
+                    self._emit(
+                        "batch_failed", error=f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+                    )
+                    self._pause(opts.failure_backoff.delay(failures), stop)
+                    continue
+                if result.retry_after is not None:
+                    self._emit("circuit_open", retry_after=result.retry_after)
+                    self._pause(max(result.retry_after, opts.idle_min), stop)
+                    continue
+                if result.failed:
+                    failures += 1
+                    self._pause(opts.failure_backoff.delay(failures), stop)
+                    continue
+                failures = 0
+                if result.published:
+                    idle = opts.idle_min
+                    continue
+                if result.waiting:
+                    self._wait(opts.idle_min, stop)  # another relay holds earlier rows
+                    continue
+                self._wait(idle, stop)
+                idle = min(idle * 2, opts.idle_max)
+        finally:
+            self._release_lease()
+            if self._listener is not None:
+                self._listener.close()
+            self._emit("stopped", holder=self._holder)
+
+    def _wait(self, timeout: float, stop: threading.Event) -> None:
+        if self._listener is not None:
+            self._listener.wait(timeout, stop)
+        else:
+            stop.wait(timeout)
+
+    def _pause(self, seconds: float, stop: threading.Event) -> None:
+        deadline = self._clock.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return
+            self._clock.sleep(min(remaining, _PAUSE_SLICE))
+
+    def start(self) -> Relay:
+        """Run in a daemon thread until `stop`."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self.run_forever, args=(self._stop,), name=f"relay-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to finish its batch and exit; waits up to *timeout* seconds."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until *stop* is set, without blocking the event loop (the work runs in a thread)."""
+        flag = threading.Event()
+
+        async def bridge() -> None:
+            await stop.wait()
+            flag.set()
+
+        watcher = asyncio.create_task(bridge())
+        try:
+            await asyncio.to_thread(self.run_forever, flag)
+        finally:
+            flag.set()
+            watcher.cancel()
+
+    def lag(self) -> OutboxStats:
+        """Current `OutboxStats` (pending, oldest pending age, dead)."""
+        with self._engine.connect() as conn:
+            return self._outbox.stats(conn)
+
+    def _emit(self, kind: str, **attributes: Any) -> None:
+        try:
+            self._telemetry.emit(Event(_COMPONENT, self.name, kind, attributes))
+        except Exception:  # telemetry must never stop the relay
+            _log.exception("telemetry sink failed")
+
+    def __enter__(self) -> Relay:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Relay(name={self.name!r}, mode={self._mode!r}, table={self._outbox.table.name!r})"
+
+
+def _tracing_configured() -> bool:
+    """Whether spans would be recorded: a tracer provider is installed (globally or
+    in `resilience.tracing.TracingOptions`). Without one, a span per message is pure cost."""
+    import sys
+
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return False
+    from resilience.tracing import current_options
+
+    if current_options().tracer_provider is not None:
+        return True
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _guess_system(publisher: object) -> str:
+    explicit = getattr(publisher, "system", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    name = type(publisher).__name__.lower()
+    for system in ("kafka", "redis", "memory"):
+        if system in name:
+            return "in_memory" if system == "memory" else system
+    return "unknown"

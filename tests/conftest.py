@@ -71,9 +71,22 @@ _START_COMMANDS: dict[str, list[str]] = {
 }
 
 
+SERVER_BACKENDS = frozenset({"redis", "postgres", "postgresql", "kafka"})
+
+
+def _uses_a_server(item: pytest.Item) -> bool:
+    if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    # Fixtures parametrized by backend name ("memory", "redis", "postgres", ...) reach
+    # their server through request.getfixturevalue, which collection cannot see.
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    return any(isinstance(p, str) and p in SERVER_BACKENDS for p in params)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if _uses_a_server(item):
             item.add_marker(pytest.mark.integration)
 
 

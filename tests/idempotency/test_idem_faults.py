@@ -21,6 +21,8 @@ from resilience._errors import IdempotencyInProgressError, IdempotencyLeaseLostE
 from resilience.idempotency import RedisStore, SqlStore, current_idempotency, idempotent
 from resilience.testing import FakeClock
 
+pytestmark = pytest.mark.integration  # spawns and kills processes
+
 WORKER = Path(__file__).with_name("_idem_worker.py")
 
 

@@ -15,6 +15,8 @@ from resilience import ConfigurationError
 from resilience.idempotency import IdempotencyMiddleware, MemoryStore, RedisStore
 from resilience.testing import free_port
 
+pytestmark = pytest.mark.integration  # uvicorn on loopback
+
 
 class Server:
     def __init__(self, store: Any, **options: Any) -> None:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from resilience.idempotency import canonical_json, current_idempotency, fingerprint, idempotent
 
+pytestmark = pytest.mark.integration  # concurrent transactions on real databases
+
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def sql_url(request: pytest.FixtureRequest) -> str:

@@ -17,6 +17,8 @@ from resilience.outbox._cli import parse_duration
 from .conftest import RecordingPublisher, make_relay
 from .relay_main import main
 
+pytestmark = pytest.mark.integration  # runs the CLI as subprocesses
+
 HERE = Path(__file__).parent
 
 

@@ -46,6 +46,8 @@ from resilience.policies import (
 )
 from resilience.testing import free_port
 
+pytestmark = pytest.mark.integration  # a real HTTP server on loopback and a thread pool
+
 SLOW_SECONDS = 2.0
 UNRELATED_TIMEOUT = 1.0  # what the unrelated endpoint's own callers are willing to wait
 QUOTE_INTERVAL = 0.05  # 20 quote requests per second

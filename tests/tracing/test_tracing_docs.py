@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # the samples start real HTTP servers
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "tracing"
 PAGE = DOCS / "index.md"
 SAMPLES = sorted(p.name for p in DOCS.glob("*.py"))

@@ -24,6 +24,8 @@ from resilience.tracing import (
     inject_headers,
 )
 
+pytestmark = pytest.mark.integration  # uvicorn on loopback
+
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 

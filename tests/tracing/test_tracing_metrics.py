@@ -179,3 +179,33 @@ def test_a_real_circuit_breaker_feeds_the_sink(
     [change] = [e for e in span.events if e.name.endswith("state_change")]
     attributes = change.attributes or {}
     assert (attributes["resilience.from"], attributes["resilience.to"]) == ("closed", "open")
+
+
+def test_call_listener_counts_every_call_by_outcome(
+    sink: OpenTelemetryTelemetry, reader: InMemoryMetricReader
+) -> None:
+    from resilience import CircuitOpenError
+    from resilience.policies import CircuitBreaker, CircuitBreakerConfig
+    from resilience.testing import FakeClock
+    from resilience.tracing import CALLS_METRIC
+
+    breaker = CircuitBreaker(
+        "acquirer",
+        CircuitBreakerConfig(consecutive_failures=2, open_duration=30),
+        clock=FakeClock(),
+        listeners=[sink.call_listener()],
+        telemetry=None,
+    )
+
+    def fail() -> None:
+        raise ConnectionError("acquirer down")
+
+    for _ in range(3):
+        assert breaker.call(lambda: "ok") == "ok"
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(fail)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(fail)
+    counts = {dict(k)["resilience.outcome"]: v for k, v in _points(reader, CALLS_METRIC).items()}
+    assert counts == {"success": 3, "failure": 2, "rejected": 1}

@@ -34,11 +34,12 @@ from ._messaging import (
     producer_span,
     record_failure,
 )
-from ._metrics import EVENTS_METRIC, STATE_METRIC, OpenTelemetryTelemetry
+from ._metrics import CALLS_METRIC, EVENTS_METRIC, STATE_METRIC, OpenTelemetryTelemetry
 from ._propagation import capture_context, extract, inject, use_context
 from ._view import format_trace
 
 __all__ = [
+    "CALLS_METRIC",
     "EVENTS_METRIC",
     "STATE_METRIC",
     "OpenTelemetryTelemetry",

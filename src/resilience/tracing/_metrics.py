@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from resilience._telemetry import Event
@@ -21,10 +21,16 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ["EVENTS_METRIC", "STATE_METRIC", "OpenTelemetryTelemetry"]
+__all__ = ["CALLS_METRIC", "EVENTS_METRIC", "STATE_METRIC", "OpenTelemetryTelemetry"]
 
 EVENTS_METRIC: Final = "resilience.events"
 """Counter of events, with attributes ``resilience.component``, ``resilience.name``, ``resilience.kind``."""
+
+CALLS_METRIC: Final = "resilience.calls"
+"""Counter of calls through a circuit breaker by outcome (``resilience.outcome``: ``success``,
+``failure``, ``rejected``), fed by `OpenTelemetryTelemetry.call_listener`."""
+
+_OUTCOMES: Final = frozenset({"success", "failure", "rejected"})
 
 STATE_METRIC: Final = "resilience.state"
 """Gauge: 1 for the current state of each stateful component (a circuit breaker), 0 for states it left."""
@@ -58,7 +64,7 @@ class OpenTelemetryTelemetry:
         span_events: add span events to the current span.
     """
 
-    __slots__ = ("_counter", "_lock", "_states", "_trace", "span_events")
+    __slots__ = ("_calls", "_counter", "_lock", "_states", "_trace", "span_events")
 
     def __init__(
         self,
@@ -73,6 +79,7 @@ class OpenTelemetryTelemetry:
         self._trace: Any = otel.trace if otel is not None else None
         self.span_events = span_events and otel is not None
         self._counter: Any = None
+        self._calls: Any = None
         if otel is not None and metrics:
             meter = otel.metrics.get_meter(INSTRUMENTATION_NAME, meter_provider=meter_provider)
             self._counter = meter.create_counter(
@@ -84,6 +91,29 @@ class OpenTelemetryTelemetry:
                 unit="1",
                 description="1 for the state each resilience component is in, 0 for states it left",
             )
+            self._calls = meter.create_counter(
+                CALLS_METRIC,
+                unit="{call}",
+                description="Calls through a circuit breaker by outcome",
+            )
+
+    def call_listener(self) -> Callable[[Any], None]:
+        """A circuit-breaker listener that counts every call by outcome in ``resilience.calls``.
+
+        Opt-in, because it runs on every call (telemetry events never include
+        successes): ``CircuitBreaker(..., listeners=[sink.call_listener()])``.
+        """
+        calls = self._calls
+
+        def listener(event: Any) -> None:
+            if calls is None or event.kind not in _OUTCOMES:
+                return
+            try:
+                calls.add(1, {"resilience.name": event.name, "resilience.outcome": event.kind})
+            except Exception:  # telemetry must never take the service down
+                _log.debug("OpenTelemetry call counter failed", exc_info=True)
+
+        return listener
 
     def emit(self, event: Event) -> None:
         """Record *event*; never raises."""

@@ -1,0 +1,7 @@
+"""``python -m examples.codepix grpc|kafka|all|bank|account|key ...`` (see ``--help``)."""
+
+import sys
+
+from examples.codepix.adapters.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters: SQLAlchemy persistence (driven), gRPC, Kafka and CLI (driving)."""

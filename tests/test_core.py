@@ -115,3 +115,25 @@ def test_policies_nest_without_closures() -> None:
 def test_base_decorator_requires_an_implementation() -> None:
     with pytest.raises(NotImplementedError):
         PolicyDecorator().call(print)
+
+
+def test_default_policy_telemetry_adds_opentelemetry_when_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from resilience.policies._support import _DefaultTelemetry
+    from resilience.tracing import OpenTelemetryTelemetry
+
+    with_otel = _DefaultTelemetry()
+    with_otel.emit(Event("retry", "acquirer", "retry"))  # resolves on first use
+    assert [type(s) for s in with_otel.sinks] == [LoggingTelemetry, OpenTelemetryTelemetry]
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "opentelemetry" else real_find_spec(name, *a),
+    )
+    without = _DefaultTelemetry()
+    assert [type(s) for s in without.sinks] == [LoggingTelemetry]

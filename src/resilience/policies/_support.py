@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from typing import Final
@@ -18,12 +19,48 @@ __all__ = [
     "emit",
 ]
 
-DEFAULT_TELEMETRY: Final[Telemetry] = LoggingTelemetry(level=logging.DEBUG)
-"""Where policies send events unless given a sink: the ``resilience`` logger at DEBUG.
 
-Events are only built on failure paths (a retry, a rejection, a timeout), and
-`LoggingTelemetry` checks ``isEnabledFor`` first, so this costs nothing on the
-success path and almost nothing when DEBUG logging is off.
+class _DefaultTelemetry:
+    """Logs on the ``resilience`` logger at DEBUG, and also feeds OpenTelemetry
+    metrics and span events when ``opentelemetry-api`` is installed.
+
+    The check happens on the first event, not at import, so ``import resilience``
+    never imports OpenTelemetry; events are only built on failure paths.
+    """
+
+    __slots__ = ("_sinks",)
+
+    def __init__(self) -> None:
+        self._sinks: tuple[Telemetry, ...] | None = None
+
+    def _resolve(self) -> tuple[Telemetry, ...]:
+        sinks: list[Telemetry] = [LoggingTelemetry(level=logging.DEBUG)]
+        if importlib.util.find_spec("opentelemetry") is not None:
+            from resilience.tracing import OpenTelemetryTelemetry
+
+            sinks.append(OpenTelemetryTelemetry())
+        return tuple(sinks)
+
+    @property
+    def sinks(self) -> tuple[Telemetry, ...]:
+        if self._sinks is None:
+            self._sinks = self._resolve()
+        return self._sinks
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def __repr__(self) -> str:
+        return "DefaultTelemetry()"
+
+
+DEFAULT_TELEMETRY: Final[Telemetry] = _DefaultTelemetry()
+"""Where policies send events unless given a sink: the ``resilience`` logger at
+DEBUG, plus OpenTelemetry when it is installed (see `_DefaultTelemetry`).
+
+Events are only built on failure paths (a retry, a rejection, a timeout), so
+this costs nothing on the success path.
 """
 
 

@@ -271,3 +271,58 @@ def test_batch_handler_dedups_within_and_across_batches(inbox_db: DB) -> None:
     assert _effects(engine, orders) == 3  # all or nothing
     with engine.connect() as conn:
         assert not inbox.seen(conn, "invoices", d.id)
+
+
+def test_batch_fn_gets_the_fresh_messages_once_in_one_transaction(inbox_db: DB) -> None:
+    engine, inbox, _, orders = inbox_db
+    calls: list[list[str]] = []
+
+    def bulk(session: Session, messages: list[Message]) -> None:
+        calls.append([m.id for m in messages])
+        session.execute(
+            orders.update()
+            .where(orders.c.id == "o1")
+            .values(effects=orders.c.effects + len(messages))
+        )
+        if any(m.payload["i"] == 9 for m in messages):
+            raise RuntimeError("boom")
+
+    handle = inbox.batch_handler(consumer="bulk", sessionmaker=sessionmaker(engine), batch_fn=bulk)
+    a, b, c = (Message("e", {"i": i}) for i in range(3))
+    assert handle([a, b, a]) == 2
+    assert handle([b, c, b]) == 1
+    assert handle([a, c]) == 0
+    assert calls == [
+        [a.id, b.id],
+        [c.id],
+    ]  # in order, duplicates removed, no call when none is fresh
+    assert _effects(engine, orders) == 3
+    poison = Message("e", {"i": 9})
+    with pytest.raises(RuntimeError):
+        handle([Message("e", {"i": 4}), poison])
+    assert _effects(engine, orders) == 3  # all or nothing
+    with engine.connect() as conn:
+        assert not inbox.seen(conn, "bulk", poison.id)
+
+
+def test_batch_handler_needs_exactly_one_of_fn_and_batch_fn(inbox_db: DB) -> None:
+    engine, inbox, _, orders = inbox_db
+    make = sessionmaker(engine)
+    with pytest.raises(ConfigurationError):
+        inbox.batch_handler(consumer="c", sessionmaker=make)
+    with pytest.raises(ConfigurationError):
+        inbox.batch_handler(
+            consumer="c", sessionmaker=make, fn=_effect(orders), batch_fn=lambda s, m: None
+        )
+    with pytest.raises(ConfigurationError):
+        inbox.batch_handler(consumer="c", sessionmaker=make, batch_fn="nope")  # type: ignore[arg-type]
+
+
+def test_record_many_returns_only_first_sightings_for_large_batches(inbox_db: DB) -> None:
+    engine, inbox, _, _ = inbox_db
+    ids = [f"m-{i}" for i in range(1500)]
+    with engine.begin() as conn:
+        assert inbox.record_many(conn, "big", ids[:1000] + ids[:10]) == set(ids[:1000])
+    with engine.begin() as conn:
+        assert inbox.record_many(conn, "big", ids) == set(ids[1000:])
+        assert inbox.record_many(conn, "other", ids[:5]) == set(ids[:5])  # per consumer

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from resilience import CircuitOpenError, PublishError
-from resilience.messaging import InMemoryBroker, Message
+from resilience.messaging import Codec, EncodedMessage, InMemoryBroker, Message
 from resilience.outbox import Backoff, Inbox, Outbox
 from resilience.policies import CircuitBreaker, CircuitBreakerConfig
 from resilience.testing import FakeClock, RecordingTelemetry
@@ -473,8 +473,9 @@ def test_relay_level_backoff_runs_on_the_injected_clock(db: DB) -> None:
     assert clock.monotonic() - 1_000.0 == pytest.approx(1 + 2 + 4 + 8 + 8, abs=0.01)
 
 
+@pytest.mark.parametrize("encoded", [False, True], ids=["publish", "publish_encoded"])
 def test_four_relays_with_random_partial_failures_still_keep_per_key_order(
-    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table]
+    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table], encoded: bool
 ) -> None:
     outbox = pg_tables[0]
     keys, per_key = 20, 30
@@ -508,11 +509,17 @@ def test_four_relays_with_random_partial_failures_still_keep_per_key_order(
 
         def close(self) -> None: ...
 
+    class FlakyEncodedBroker(FlakyBroker):
+        """The same broker, taking the relay's stored bytes (`publish_encoded`)."""
+
+        def publish_encoded(self, records: list[EncodedMessage], *, codec: Codec) -> None:
+            self.publish([r.to_message(codec) for r in records])
+
     relays = [
         make_relay(
             pg_engine,
             outbox,
-            FlakyBroker(),
+            FlakyEncodedBroker() if encoded else FlakyBroker(),
             name=f"r{i}",
             batch_size=25,
             listen=False,

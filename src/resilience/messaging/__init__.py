@@ -13,6 +13,7 @@ from ._common import (
     DLQ_ORIGINAL_TOPIC,
     DLQ_REASON,
     DLQ_SUFFIX,
+    EncodedMessage,
     dead_letter_destination,
 )
 from ._consumer import (
@@ -86,6 +87,7 @@ __all__ = [
     "Consumer",
     "ConsumerStats",
     "Delivery",
+    "EncodedMessage",
     "InMemoryBroker",
     "InMemoryPublisher",
     "InMemorySubscription",

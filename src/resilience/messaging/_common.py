@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Final, NamedTuple
 
 from resilience._errors import ConfigurationError, PublishError
 
-from ._message import Codec, Message, RawMessage, encode_message
+from ._message import (
+    H_CONTENT_TYPE,
+    H_ID,
+    H_SOURCE,
+    H_SPEC,
+    H_TIME,
+    H_TYPE,
+    Codec,
+    Message,
+    RawMessage,
+    encode_message,
+)
 from ._protocols import Router
+from ._routing import TopicRouter
 
 __all__ = [
     "DLQ_DEAD_LETTERED_AT",
@@ -21,11 +33,14 @@ __all__ = [
     "DLQ_ORIGINAL_TOPIC",
     "DLQ_REASON",
     "DLQ_SUFFIX",
+    "EncodedMessage",
     "dead_letter_destination",
     "dead_letter_record",
     "encode_batch",
+    "encode_encoded_batch",
     "header",
     "partition_for",
+    "routes_by_type",
 ]
 
 DLQ_SUFFIX: Final = ".dlq"
@@ -56,6 +71,94 @@ _DLQ_HEADERS: Final = frozenset(
     }
 )
 _MAX_REASON_CHARS: Final = 2000
+
+
+class EncodedMessage(NamedTuple):
+    """A message whose payload is already encoded, published without a decode/re-encode.
+
+    An outbox row stores the payload as the codec's bytes; decoding it only for
+    the transport to encode it again costs more than the broker round trip.
+    Publishers that offer ``publish_encoded(records, codec=...)`` (`KafkaPublisher`)
+    send ``value`` as is, with the same CloudEvents headers `publish` would write.
+    A tuple, not a dataclass: a relay builds hundreds per batch.
+
+    Attributes:
+        id: the message id (``ce_id``).
+        type: the message type (``ce_type``; routes the message).
+        key: the aggregate id (record key), or None.
+        value: the payload, encoded by the codec passed to ``publish_encoded``.
+        headers: string headers (trace context...), or None.
+        occurred_at: timezone-aware time of the business fact (``ce_time``).
+    """
+
+    id: str
+    type: str
+    key: str | None
+    value: bytes
+    headers: Mapping[str, str] | None
+    occurred_at: dt.datetime
+
+    def to_message(self, codec: Codec) -> Message:
+        """The equivalent `Message` (decodes the payload): for routers and fallbacks."""
+        return Message(
+            type=self.type,
+            payload=codec.decode(self.value) if self.value else None,
+            key=self.key,
+            id=self.id,
+            headers=dict(self.headers or {}),
+            occurred_at=self.occurred_at,
+        )
+
+
+def routes_by_type(router: Router) -> bool:
+    """Whether *router* picks a destination from the message type alone (so the
+    destination of an `EncodedMessage` can be computed, and cached, per type)."""
+    return isinstance(router, TopicRouter) and router._template is not None
+
+
+def encode_encoded_batch(
+    records: Sequence[EncodedMessage],
+    router: Router,
+    codec: Codec,
+    source: str,
+    *,
+    by_type: bool = False,
+) -> list[tuple[str, str, bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Route pre-encoded records and build their wire headers:
+    ``(destination, id, key, value, headers)`` per record, headers exactly as
+    `encode_message` writes them. A record that cannot be routed fails the batch
+    up front (nothing was sent), like `encode_batch`. With *by_type* (see
+    `routes_by_type`) the router runs once per message type."""
+    spec = (H_SPEC, b"1.0")
+    source_header = (H_SOURCE, source.encode())
+    content_type = (H_CONTENT_TYPE, codec.content_type.encode())
+    cache: dict[str, str] | None = {} if by_type else None
+    out = []
+    for record in records:
+        record_id, record_type, key, value, headers, occurred_at = record
+        try:
+            if cache is not None:
+                destination = cache.get(record_type)
+                if destination is None:
+                    destination = cache[record_type] = router(record.to_message(codec))
+            else:
+                destination = router(record.to_message(codec))
+        except (ConfigurationError, ValueError) as exc:
+            raise PublishError(
+                f"message {record_id!r} ({record_type}) cannot be published: {exc}"
+            ) from exc
+        wire = [
+            spec,
+            (H_ID, record_id.encode()),
+            (H_TYPE, record_type.encode()),
+            source_header,
+            (H_TIME, occurred_at.isoformat().encode()),
+            content_type,
+        ]
+        if headers:
+            wire.extend((k, v.encode()) for k, v in headers.items())
+        out.append((destination, record_id, key.encode() if key is not None else None, value, wire))
+    return out
 
 
 def dead_letter_destination(destination: str) -> str:

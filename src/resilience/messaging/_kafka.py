@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 from resilience._errors import (
@@ -29,7 +30,14 @@ from resilience._errors import (
 )
 from resilience._optional import require
 
-from ._common import dead_letter_destination, dead_letter_record, encode_batch
+from ._common import (
+    EncodedMessage,
+    dead_letter_destination,
+    dead_letter_record,
+    encode_batch,
+    encode_encoded_batch,
+    routes_by_type,
+)
 from ._message import Codec, JsonCodec, Message, RawMessage
 from ._protocols import Delivery, Router
 from ._routing import TopicRouter
@@ -85,49 +93,60 @@ def _producer_config(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     return out
 
 
+_Record = tuple[str, str, bytes | None, bytes, list[tuple[str, bytes]]]
+"""``(topic, id, key, value, headers)``: one record ready for ``produce``."""
+
+
 @dataclass(slots=True)
 class _Batch:
     """Delivery reports of one publish call (filled from librdkafka's callbacks)."""
 
     outstanding: int = 0
-    delivered: set[str] = field(default_factory=set)
+    acked: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     fatal: bool = False
 
-    def callback(self, message_id: str) -> Any:
-        def report(err: Any, msg: Any) -> None:
-            del msg
-            self.outstanding -= 1
-            if err is None:
-                self.delivered.add(message_id)
-            else:
-                self.errors[message_id] = str(err)
-                if err.fatal():
-                    self.fatal = True
+    @property
+    def delivered(self) -> set[str]:
+        return set(self.acked)
 
-        return report
+    def report(self, message_id: str, err: Any, msg: Any) -> None:
+        # One bound method, partially applied per record (a C-level partial is
+        # cheaper than a closure); the success path is a decrement and an append.
+        del msg
+        self.outstanding -= 1
+        if err is None:
+            self.acked.append(message_id)
+        else:
+            self.errors[message_id] = str(err)
+            if err.fatal():
+                self.fatal = True
 
 
-def _produce_and_wait(
-    producer: Any, records: Sequence[tuple[str, str, RawMessage]], timeout: float
-) -> _Batch:
-    """Produce ``(topic, id, raw)`` records in order, then wait for every report.
+def _raw_records(records: Sequence[tuple[str, str, RawMessage]]) -> list[_Record]:
+    return [(t, i, raw.key, raw.value, list(raw.headers)) for t, i, raw in records]
+
+
+def _produce_and_wait(producer: Any, records: Sequence[_Record], timeout: float) -> _Batch:
+    """Produce ``(topic, id, key, value, headers)`` records in order, then wait for every report.
 
     Stops producing at the first record librdkafka refuses outright, so no later
     record (possibly of the same key) overtakes it.
     """
     kafka = _kafka()
     batch = _Batch()
+    report = batch.report
+    produce = producer.produce
     deadline = time.monotonic() + timeout
-    for topic, message_id, raw in records:
+    for topic, message_id, key, value, headers in records:
         while True:
             try:
-                producer.produce(
+                produce(
                     topic,
-                    value=raw.value,
-                    key=raw.key,
-                    headers=list(raw.headers),
-                    on_delivery=batch.callback(message_id),
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=partial(report, message_id),
                 )
                 batch.outstanding += 1
                 break
@@ -139,7 +158,7 @@ def _produce_and_wait(
             except (kafka.KafkaException, TypeError, ValueError) as exc:
                 batch.errors[message_id] = f"refused by the client: {exc}"
                 break
-        if message_id in batch.errors:
+        if batch.errors:
             break
     # flush() sends at once (no linger) and serves delivery reports until none
     # is outstanding. The producer is used by one batch at a time, so that is
@@ -216,18 +235,48 @@ class KafkaPublisher:
             )
         return topic
 
+    @property
+    def codec(self) -> Codec:
+        """The payload codec `publish` encodes with."""
+        return self._codec
+
     def publish(self, messages: Sequence[Message], /) -> None:
         if self.closed:
             raise PublishError("publisher is closed")
         encoded = encode_batch(messages, self._route, self._codec, self.source)
         if not encoded:
             return
+        self._send(_raw_records([(t, m.id, raw) for t, m, raw in encoded]))
+
+    def publish_encoded(
+        self, records: Sequence[EncodedMessage], /, *, codec: Codec | None = None
+    ) -> None:
+        """Publish messages whose payload is already encoded (outbox rows), as `publish` does.
+
+        ``value`` is sent as is, with the CloudEvents headers `publish` would
+        write (``content-type`` from *codec*, default this publisher's codec),
+        so a consumer cannot tell the two paths apart; the topic comes from the
+        router (computed once per type for a `TopicRouter` template). Same
+        guarantees and errors as `publish`. A relay uses it when available:
+        it skips a payload decode and re-encode per event.
+        """
+        if self.closed:
+            raise PublishError("publisher is closed")
+        prepared = encode_encoded_batch(
+            records,
+            self._route,
+            codec if codec is not None else self._codec,
+            self.source,
+            by_type=routes_by_type(self._router),
+        )
+        if prepared:
+            self._send(prepared)
+
+    def _send(self, records: list[_Record]) -> None:
         with self._lock:  # one batch at a time: reports are awaited per batch
             if self._fatal:
                 self._replace_producer()
-            batch = _produce_and_wait(
-                self._producer, [(t, m.id, raw) for t, m, raw in encoded], self.timeout
-            )
+            batch = _produce_and_wait(self._producer, records, self.timeout)
             if batch.errors or batch.outstanding or batch.fatal or self._fatal:
                 # After a failed batch the idempotent producer's state (producer
                 # id, epoch, sequence numbers) may be unusable: some errors are
@@ -236,12 +285,13 @@ class KafkaPublisher:
                 # is purged, so it cannot land later unreported.
                 self._replace_producer()
         if batch.errors or batch.outstanding:
-            missing = len(encoded) - len(batch.delivered)
+            delivered = batch.delivered
+            missing = len(records) - len(delivered)
             detail = "; ".join(f"{i}: {e}" for i, e in list(batch.errors.items())[:3])
             raise PublishError(
-                f"Kafka acknowledged {len(batch.delivered)} of {len(encoded)} messages "
+                f"Kafka acknowledged {len(delivered)} of {len(records)} messages "
                 f"({missing} not acknowledged){': ' + detail if detail else ''}",
-                delivered=frozenset(batch.delivered),
+                delivered=frozenset(delivered),
             )
 
     def _replace_producer(self) -> None:
@@ -469,7 +519,9 @@ class KafkaSubscription:
             delivery.raw, reason, topic=token.topic, partition=token.partition, offset=token.offset
         )
         batch = _produce_and_wait(
-            self._dlq, [(topic, f"{token.partition}:{token.offset}", record)], self.timeout
+            self._dlq,
+            _raw_records([(topic, f"{token.partition}:{token.offset}", record)]),
+            self.timeout,
         )
         if not batch.delivered:
             old, self._dlq = self._dlq, None  # start clean next time (it may be fenced)

@@ -502,6 +502,8 @@ class InMemoryBroker:
 class InMemoryPublisher:
     """`Publisher` for an `InMemoryBroker`; get one from `InMemoryBroker.publisher`."""
 
+    system = "in_memory"  # ``messaging.system``, as on `InMemorySubscription`
+
     __slots__ = ("_broker", "_codec", "_router", "closed")
 
     def __init__(self, broker: InMemoryBroker, router: Router, codec: Codec) -> None:
@@ -523,6 +525,8 @@ class InMemoryPublisher:
 
 class AsyncInMemoryPublisher:
     """`AsyncPublisher` for an `InMemoryBroker`; get one from `InMemoryBroker.async_publisher`."""
+
+    system = "in_memory"  # ``messaging.system``, as on `InMemorySubscription`
 
     __slots__ = ("_broker", "_codec", "_router", "closed")
 

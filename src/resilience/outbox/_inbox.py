@@ -52,7 +52,7 @@ class Inbox:
         name: the table name when *table* is a MetaData.
     """
 
-    __slots__ = ("table",)
+    __slots__ = ("_statements", "table")
 
     def __init__(self, table: sa.Table | sa.MetaData, *, name: str = DEFAULT_INBOX_TABLE) -> None:
         sql = require("sqlalchemy", "sql")
@@ -63,6 +63,7 @@ class Inbox:
         ):
             raise ConfigurationError("table", "must be an inbox table (see inbox_table)")
         self.table: sa.Table = table
+        self._statements: dict[str, Any] = {}
 
     def create_table(self, bind: sa.Engine | sa.Connection) -> None:
         """Create the inbox table if missing (tests and demos; use migrations in production)."""
@@ -84,14 +85,17 @@ class Inbox:
         }
         dialect = connection.dialect.name
         if dialect in {"postgresql", "sqlite"}:
-            module = require(f"sqlalchemy.dialects.{dialect}", "sql")
-            stmt = (
-                module.insert(self.table)
-                .values(values)
-                .on_conflict_do_nothing()
-                .returning(self.table.c.message_id)
-            )
-            return connection.execute(stmt).first() is not None
+            # Built once per dialect (values come as parameters): a handler calls
+            # this per message, and building a statement costs more than running it.
+            statement = self._statements.get(dialect)
+            if statement is None:
+                module = require(f"sqlalchemy.dialects.{dialect}", "sql")
+                statement = self._statements[dialect] = (
+                    module.insert(self.table)
+                    .on_conflict_do_nothing()
+                    .returning(self.table.c.message_id)
+                )
+            return connection.execute(statement, values).first() is not None
         sql = require("sqlalchemy", "sql")
         try:
             with connection.begin_nested():
@@ -111,7 +115,15 @@ class Inbox:
         connection = connection_of(conn)
         dialect = connection.dialect.name
         now = dt.datetime.now(dt.UTC)
-        if dialect not in {"postgresql", "sqlite"}:
+        if dialect == "postgresql":
+            # One statement with one array parameter, whatever the batch size: the
+            # compiled form is cached, and the server parses one small statement.
+            rows = connection.execute(
+                self._pg_record_many(),
+                {"consumer": consumer, "ids": unique, "now": now},
+            )
+            return set(rows.scalars().all())
+        if dialect != "sqlite":
             return {m for m in unique if self.record(connection, consumer, m)}
         module = require(f"sqlalchemy.dialects.{dialect}", "sql")
         stmt = (
@@ -121,6 +133,27 @@ class Inbox:
             .returning(self.table.c.message_id)
         )
         return set(connection.execute(stmt).scalars().all())
+
+    def _pg_record_many(self) -> Any:
+        statement = self._statements.get("pg_record_many")
+        if statement is None:
+            sql = require("sqlalchemy", "sql")
+            postgresql = require("sqlalchemy.dialects.postgresql", "sql")
+            t = self.table
+            ids = sql.func.unnest(sql.bindparam("ids", type_=postgresql.ARRAY(t.c.message_id.type)))
+            source = sql.select(
+                sql.bindparam("consumer", type_=t.c.consumer.type),
+                ids,
+                sql.bindparam("now", type_=t.c.received_at.type),
+            )
+            statement = (
+                postgresql.insert(t)
+                .from_select(["consumer", "message_id", "received_at"], source)
+                .on_conflict_do_nothing()
+                .returning(t.c.message_id)
+            )
+            self._statements["pg_record_many"] = statement
+        return statement
 
     def seen(self, conn: sa.Connection | Session, consumer: str, message_id: str) -> bool:
         """Whether *consumer* has already processed *message_id*."""
@@ -174,29 +207,43 @@ class Inbox:
         *,
         consumer: str,
         sessionmaker: Callable[[], Session],
-        fn: Callable[[Session, Message], object],
+        fn: Callable[[Session, Message], object] | None = None,
+        batch_fn: Callable[[Session, list[Message]], object] | None = None,
     ) -> Callable[[Sequence[Message]], int]:
         """Like `handler`, for a whole batch in ONE transaction (one round trip for the dedup).
 
-        The returned ``handle(messages)`` records every id at once, calls *fn* for
-        each message seen for the first time (in order, once even if the batch
-        holds it twice), commits, and returns how many ran. If *fn* raises, the
-        whole batch rolls back and the exception propagates: redeliver the batch.
+        The returned ``handle(messages)`` records every id with one multi-row
+        ``INSERT … ON CONFLICT DO NOTHING RETURNING``, then applies the effects of
+        the messages seen for the first time (in order, once even if the batch
+        holds one twice), commits, and returns how many ran. Give either *fn*
+        (called per fresh message) or *batch_fn* (called once with the list of
+        fresh messages, so the business write can be one bulk statement too:
+        the fastest way to consume). If it raises, the whole batch rolls back
+        and the exception propagates: redeliver the batch.
         """
         _check_consumer(consumer)
-        if not callable(fn):
-            raise ConfigurationError("fn", "must be callable(session, message)")
+        if (fn is None) == (batch_fn is None):
+            raise ConfigurationError("fn", "give exactly one of fn(session, message) or batch_fn")
+        if not callable(fn if fn is not None else batch_fn):
+            raise ConfigurationError(
+                "fn" if fn is not None else "batch_fn", "must be callable(session, ...)"
+            )
 
         def handle(messages: Sequence[Message]) -> int:
-            ran = 0
             with sessionmaker() as session, session.begin():
-                fresh = self.record_many(session, consumer, [m.id for m in messages])
+                fresh_ids = self.record_many(session, consumer, [m.id for m in messages])
+                fresh: list[Message] = []
                 for message in messages:
-                    if message.id in fresh:
-                        fresh.discard(message.id)
+                    if message.id in fresh_ids:
+                        fresh_ids.discard(message.id)
+                        fresh.append(message)
+                if fn is not None:
+                    for message in fresh:
                         fn(session, message)
-                        ran += 1
-            return ran
+                elif fresh:
+                    assert batch_fn is not None
+                    batch_fn(session, fresh)
+            return len(fresh)
 
         handle.__name__ = f"inbox_batch_handler_{consumer}"
         return handle

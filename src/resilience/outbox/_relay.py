@@ -11,15 +11,16 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from resilience._clock import SYSTEM_CLOCK, Clock
 from resilience._errors import CircuitOpenError, ConfigurationError, PublishError
 from resilience._optional import require
 from resilience._telemetry import Event, LoggingTelemetry, Telemetry
-from resilience.messaging._message import Message
+from resilience.messaging._common import EncodedMessage
+from resilience.messaging._message import Codec, Message
 
 from ._core import RelayOptions, plan_waves
 from ._outbox import Outbox, OutboxStats
@@ -44,7 +45,11 @@ def _utcnow() -> dt.datetime:
 
 
 class _Row(NamedTuple):
-    """A claimed row (a tuple: built 500 times per batch, so cheap to create)."""
+    """A claimed row (a tuple: built 500 times per batch, so cheap to create).
+
+    The payload stays as stored (the codec's bytes): publishers with
+    ``publish_encoded`` send it as is; a `Message` is built only for the others.
+    """
 
     position: int
     message_id: str
@@ -52,7 +57,25 @@ class _Row(NamedTuple):
     prev: int | None
     attempts: int
     destination: str | None
-    message: Message
+    type: str
+    payload: bytes
+    headers: dict[str, str] | None
+    occurred_at: dt.datetime
+
+    def encoded(self) -> EncodedMessage:
+        return EncodedMessage(
+            self.message_id, self.type, self.key, self.payload, self.headers, self.occurred_at
+        )
+
+    def to_message(self, codec: Codec) -> Message:
+        return Message(
+            type=self.type,
+            payload=codec.decode(self.payload),
+            key=self.key,
+            id=self.message_id,
+            headers=self.headers or {},
+            occurred_at=self.occurred_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +168,9 @@ class Relay:
         engine: SQLAlchemy engine of the database holding the outbox.
         outbox: the `Outbox` events are written to.
         publisher: a `resilience.messaging.Publisher` (blocks until acknowledged).
+            If it also has ``publish_encoded`` (`KafkaPublisher` does) and encodes
+            with the outbox codec's content type, rows are published from their
+            stored bytes, without a decode and re-encode per event.
         options: a `RelayOptions`; keyword *overrides* replace single fields.
         breaker: a policy (e.g. `resilience.policies.CircuitBreaker`) wrapped
             around every publish; while it is open nothing is attempted or charged.
@@ -185,6 +211,7 @@ class Relay:
         self._telemetry: Telemetry = telemetry if telemetry is not None else LoggingTelemetry()
         self._clock = clock
         self._system = system or _guess_system(publisher)
+        self._publish_encoded = _encoded_path(publisher, outbox.codec)
         dialect = engine.dialect.name
         mode = self.options.claim_mode
         if mode == "auto":
@@ -343,9 +370,12 @@ class Relay:
     def _claim(self, conn: sa.Connection) -> list[_Row]:
         now = _utcnow()
         claimed = self._claim_rows(conn, self._claim_query, now)
-        if len(claimed) == self.options.batch_size:
+        half = len(claimed) // 2
+        # Rows with no earlier unsent row of their key are always publishable: when
+        # they are half the batch, skip planning the waves just to count.
+        if len(claimed) == self.options.batch_size and sum(r.prev is None for r in claimed) < half:
             publishable = sum(len(w) for w in plan_waves(claimed))
-            if publishable < len(claimed) // 2:
+            if publishable < half:
                 # The batch is mostly rows waiting behind an earlier row of their key
                 # (backing off, or held by another relay): one hot key could starve
                 # every other key this way. Also claim the heads of other keys.
@@ -361,32 +391,35 @@ class Relay:
 
     def _claim_rows(self, conn: sa.Connection, query: Any, now: dt.datetime) -> list[_Row]:
         rows = conn.execute(query, {"now": now}).all()
-        decode = self._outbox.codec.decode
-        claimed = []
+        utc = dt.UTC
         # Column order: position, message_id, type, key, destination, payload,
         # headers, occurred_at, attempts, prev (see _build_claim_query).
-        for (
-            position,
-            message_id,
-            type_,
-            key,
-            destination,
-            payload,
-            headers,
-            occurred,
-            *rest,
-        ) in rows:
-            when = occurred if occurred.tzinfo is not None else occurred.replace(tzinfo=dt.UTC)
-            message = Message(
-                type=type_,
-                payload=decode(payload),
-                key=key,
-                id=message_id,
-                headers=headers or {},
-                occurred_at=when,
+        return [
+            _Row(
+                position,
+                message_id,
+                key,
+                prev,
+                attempts,
+                destination,
+                type_,
+                payload,
+                headers,
+                occurred if occurred.tzinfo is not None else occurred.replace(tzinfo=utc),
             )
-            claimed.append(_Row(position, message_id, key, rest[1], rest[0], destination, message))
-        return claimed
+            for (
+                position,
+                message_id,
+                type_,
+                key,
+                destination,
+                payload,
+                headers,
+                occurred,
+                attempts,
+                prev,
+            ) in rows
+        ]
 
     def _publish(self, rows: Sequence[_Row]) -> tuple[_Outcome, int]:
         waves = plan_waves(rows)
@@ -417,24 +450,32 @@ class Relay:
         return outcome, waiting
 
     def _send(self, wave: Sequence[_Row]) -> None:
-        messages = [r.message for r in wave]
+        codec = self._outbox.codec
         if self.options.tracing and _tracing_configured():
             from resilience.tracing import producer_span
 
+            messages = [r.to_message(codec) for r in wave]
             with contextlib.ExitStack() as stack:
                 for i, row in enumerate(wave):
                     wire = stack.enter_context(
                         producer_span(
-                            row.message,
+                            messages[i],
                             system=self._system,
-                            destination=row.destination or row.message.type,
+                            destination=row.destination or row.type,
                         )
                     )
                     if wire:
-                        messages[i] = row.message.with_headers(**wire)
+                        messages[i] = messages[i].with_headers(**wire)
                 self._call_publish(messages)
+        elif self._publish_encoded is not None:
+            # The stored bytes go out as they are: no decode, Message, re-encode per event.
+            records = [r.encoded() for r in wave]
+            if self._breaker is not None:
+                self._breaker.call(self._publish_encoded, records, codec=codec)
+            else:
+                self._publish_encoded(records, codec=codec)
         else:
-            self._call_publish(messages)
+            self._call_publish([r.to_message(codec) for r in wave])
 
     def _call_publish(self, messages: list[Message]) -> None:
         if self._breaker is not None:
@@ -675,6 +716,19 @@ def _tracing_configured() -> bool:
         return True
     provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _encoded_path(publisher: object, codec: Codec) -> Callable[..., None] | None:
+    """``publisher.publish_encoded`` when it can send the outbox's stored bytes as they
+    are: it exists, and the publisher encodes with the same content type (else the
+    relay keeps transcoding through `Message`, as a publisher-side codec asks)."""
+    method = getattr(publisher, "publish_encoded", None)
+    if not callable(method):
+        return None
+    own = getattr(publisher, "codec", None)
+    if own is not None and getattr(own, "content_type", None) != codec.content_type:
+        return None
+    return cast("Callable[..., None]", method)
 
 
 def _guess_system(publisher: object) -> str:

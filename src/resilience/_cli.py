@@ -20,6 +20,7 @@ __all__ = ["build_parser", "main"]
 
 _COMMAND_MODULES: tuple[str, ...] = (
     "resilience.outbox._cli",
+    "resilience.saga._cli",
     "resilience.idempotency._cli",
     "resilience.policies._breaker_cli",
 )

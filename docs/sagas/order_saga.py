@@ -1,0 +1,361 @@
+"""The order saga: Orders, Stock and Payments, each with its own database.
+
+Run it: ``python docs/sagas/order_saga.py`` (SQLite files in a temporary
+directory, the in-memory broker, chaos on). The test suite imports `build`
+and runs the same services against PostgreSQL and Kafka too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from resilience.messaging import Message
+from resilience.outbox import Inbox, Outbox
+from resilience.saga import (
+    ChaosHarness,
+    ChaosOptions,
+    SagaDefinition,
+    SagaParticipant,
+    SagaStore,
+    StepContext,
+)
+from resilience.testing import FakeClock
+
+# --8<-- [start:definition]
+ORDER_SAGA = SagaDefinition(
+    "order",
+    states={"pending", "stock_reserved", "payment_approved", "confirmed", "cancelled"},
+    initial="pending",
+    transitions={
+        ("pending", "stock.reserved"): "stock_reserved",
+        ("pending", "payment.approved"): "payment_approved",
+        ("pending", "stock.unavailable"): "cancelled",
+        ("pending", "payment.declined"): "cancelled",
+        ("pending", "saga.timeout"): "cancelled",
+        ("stock_reserved", "payment.approved"): "confirmed",
+        ("stock_reserved", "payment.declined"): "cancelled",
+        ("stock_reserved", "saga.timeout"): "cancelled",
+        ("payment_approved", "stock.reserved"): "confirmed",
+        ("payment_approved", "stock.unavailable"): "cancelled",
+        ("payment_approved", "saga.timeout"): "cancelled",
+        # Late answers to a cancelled order are accepted and logged; the
+        # participants undo their own step when they see order.cancelled.
+        ("cancelled", "stock.reserved"): "cancelled",
+        ("cancelled", "stock.unavailable"): "cancelled",
+        ("cancelled", "payment.approved"): "cancelled",
+        ("cancelled", "payment.declined"): "cancelled",
+    },
+    terminal={"confirmed", "cancelled"},
+)
+# --8<-- [end:definition]
+
+SKU = "sku-1"
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine; SQLite gets WAL and relaxed fsync (a demo, not a bank)."""
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.close()
+
+    return engine
+
+
+@dataclass
+class Service:
+    """One service: its database, its tables and its saga participant."""
+
+    engine: sa.Engine
+    metadata: sa.MetaData
+    session: sessionmaker[Session]
+    participant: SagaParticipant
+
+
+def _service(
+    name: str,
+    url: str,
+    clock: FakeClock | None,
+    tables: Callable[[sa.MetaData], None],
+    definition: SagaDefinition | None = None,
+) -> Service:
+    engine = make_engine(url)
+    metadata = sa.MetaData()
+    tables(metadata)
+    outbox, inbox = Outbox(metadata), Inbox(metadata)
+    store = SagaStore(metadata, now=clock.monotonic if clock else None)
+    factory = sessionmaker(engine)
+    participant = SagaParticipant(
+        name, sessionmaker=factory, outbox=outbox, inbox=inbox, definition=definition, store=store
+    )
+    metadata.create_all(engine)
+    return Service(engine, metadata, factory, participant)
+
+
+# --8<-- [start:orders]
+def orders_service(url: str, clock: FakeClock | None = None) -> Service:
+    """Orders owns the saga: a pending order is the semantic lock."""
+    svc = _service(
+        "orders",
+        url,
+        clock,
+        lambda md: sa.Table(
+            "orders",
+            md,
+            sa.Column("order_id", sa.String(64), primary_key=True),
+            sa.Column("status", sa.String(20), nullable=False),
+            sa.Column("qty", sa.Integer, nullable=False),
+            sa.Column("amount", sa.Integer, nullable=False),
+        ),
+        ORDER_SAGA,
+    )
+    orders = svc.metadata.tables["orders"]
+    participant = svc.participant
+
+    @participant.entered("confirmed")
+    def confirmed(ctx: StepContext) -> None:
+        ctx.session.execute(
+            orders.update().where(orders.c.order_id == ctx.saga_id).values(status="confirmed")
+        )
+        ctx.emit("order.confirmed", {"order_id": ctx.saga_id})
+
+    @participant.entered("cancelled")
+    def cancelled(ctx: StepContext) -> None:
+        ctx.session.execute(
+            orders.update().where(orders.c.order_id == ctx.saga_id).values(status="cancelled")
+        )
+        ctx.emit("order.cancelled", {"order_id": ctx.saga_id, "reason": ctx.message.type})
+
+    return svc
+
+
+def place_orders(svc: Service, orders: list[tuple[str, int, int]], *, timeout: float) -> None:
+    """Create orders (id, qty, amount): row + saga + timer + order.created, atomically."""
+    table = svc.metadata.tables["orders"]
+    with svc.session() as session, session.begin():
+        for order_id, qty, amount in orders:
+            session.execute(
+                table.insert().values(order_id=order_id, status="pending", qty=qty, amount=amount)
+            )
+            svc.participant.start(
+                session,
+                order_id,
+                data={"qty": qty, "amount": amount},
+                timeout=timeout,
+                emit=Message(
+                    "order.created",
+                    {"order_id": order_id, "sku": SKU, "qty": qty, "amount": amount},
+                    key=order_id,
+                ),
+            )
+
+
+# --8<-- [end:orders]
+
+
+# --8<-- [start:stock]
+def stock_service(url: str, clock: FakeClock | None = None, *, initial: int = 100) -> Service:
+    """Stock reserves with a commutative, guarded update and releases on cancel."""
+
+    def tables(md: sa.MetaData) -> None:
+        sa.Table(
+            "stock",
+            md,
+            sa.Column("sku", sa.String(64), primary_key=True),
+            sa.Column("available", sa.Integer, nullable=False),
+            sa.Column("reserved", sa.Integer, nullable=False),
+        )
+        sa.Table(
+            "reservations",
+            md,
+            sa.Column("order_id", sa.String(64), primary_key=True),
+            sa.Column("qty", sa.Integer, nullable=False),
+            sa.Column("status", sa.String(20), nullable=False),
+        )
+
+    svc = _service("stock", url, clock, tables)
+    stock, reservations = svc.metadata.tables["stock"], svc.metadata.tables["reservations"]
+    with svc.engine.begin() as conn:
+        conn.execute(stock.delete())
+        conn.execute(stock.insert().values(sku=SKU, available=initial, reserved=0))
+    participant = svc.participant
+
+    @participant.on("order.created", step="reserve")
+    def reserve(ctx: StepContext) -> None:
+        qty = int(ctx.payload["qty"])
+        taken = ctx.session.execute(
+            stock.update()
+            .where(stock.c.sku == SKU, stock.c.available >= qty)
+            .values(available=stock.c.available - qty, reserved=stock.c.reserved + qty)
+        ).rowcount
+        if taken:
+            ctx.session.execute(
+                reservations.insert().values(order_id=ctx.saga_id, qty=qty, status="reserved")
+            )
+            ctx.emit("stock.reserved", {"order_id": ctx.saga_id, "qty": qty})
+        else:
+            ctx.emit("stock.unavailable", {"order_id": ctx.saga_id, "qty": qty})
+
+    @participant.compensate("order.cancelled", step="reserve")
+    def release(ctx: StepContext) -> None:
+        row = ctx.session.execute(
+            sa.select(reservations.c.qty).where(
+                reservations.c.order_id == ctx.saga_id, reservations.c.status == "reserved"
+            )
+        ).first()
+        if row is None:
+            return  # the step answered stock.unavailable: nothing to undo
+        ctx.session.execute(
+            stock.update()
+            .where(stock.c.sku == SKU)
+            .values(available=stock.c.available + row.qty, reserved=stock.c.reserved - row.qty)
+        )
+        ctx.session.execute(
+            reservations.update()
+            .where(reservations.c.order_id == ctx.saga_id)
+            .values(status="released")
+        )
+
+    return svc
+
+
+# --8<-- [end:stock]
+
+
+# --8<-- [start:payments]
+def payments_service(
+    url: str, clock: FakeClock | None = None, *, decline_rate: float = 0.2
+) -> Service:
+    """Payments charges (or declines) and refunds a charged order that was cancelled."""
+
+    def tables(md: sa.MetaData) -> None:
+        sa.Table(
+            "charges",
+            md,
+            sa.Column("order_id", sa.String(64), primary_key=True),
+            sa.Column("amount", sa.Integer, nullable=False),
+            sa.Column("status", sa.String(20), nullable=False),
+        )
+        sa.Table(
+            "refunds",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("order_id", sa.String(64), nullable=False),
+            sa.Column("amount", sa.Integer, nullable=False),
+        )
+
+    svc = _service("payments", url, clock, tables)
+    charges, refunds = svc.metadata.tables["charges"], svc.metadata.tables["refunds"]
+    participant = svc.participant
+
+    def declines(order_id: str) -> bool:  # deterministic "card declined" per order
+        return zlib.crc32(order_id.encode()) % 1000 < decline_rate * 1000
+
+    @participant.on("order.created", step="charge")
+    def charge(ctx: StepContext) -> None:
+        amount = int(ctx.payload["amount"])
+        status = "declined" if declines(ctx.saga_id) else "charged"
+        ctx.session.execute(
+            charges.insert().values(order_id=ctx.saga_id, amount=amount, status=status)
+        )
+        event = "payment.declined" if status == "declined" else "payment.approved"
+        ctx.emit(event, {"order_id": ctx.saga_id, "amount": amount})
+
+    @participant.compensate("order.cancelled", step="charge")
+    def refund(ctx: StepContext) -> None:
+        row = ctx.session.execute(
+            sa.select(charges.c.amount).where(
+                charges.c.order_id == ctx.saga_id, charges.c.status == "charged"
+            )
+        ).first()
+        if row is None:
+            return  # declined: nothing was taken
+        ctx.session.execute(
+            charges.update().where(charges.c.order_id == ctx.saga_id).values(status="refunded")
+        )
+        ctx.session.execute(refunds.insert().values(order_id=ctx.saga_id, amount=row.amount))
+
+    return svc
+
+
+# --8<-- [end:payments]
+
+
+# --8<-- [start:invariants]
+def check_invariants(orders: Service, stock: Service, payments: Service, *, initial: int) -> None:
+    """What must hold once every saga has settled, whatever chaos happened."""
+    o, st = orders.metadata.tables, stock.metadata.tables
+    pay = payments.metadata.tables
+    with orders.engine.connect() as conn:
+        status = {r.order_id: (r.status, r.qty) for r in conn.execute(sa.select(o["orders"]))}
+        sagas = {
+            r.saga_id: r.state
+            for r in conn.execute(sa.select(orders.participant.store.tables.instances))
+        }
+    assert all(s in {"confirmed", "cancelled"} for s, _ in status.values()), "unfinished order"
+    assert {k: s for k, (s, _) in status.items()} == sagas, "order rows disagree with sagas"
+    confirmed = {k for k, (s, _) in status.items() if s == "confirmed"}
+    with stock.engine.connect() as conn:
+        row = conn.execute(sa.select(st["stock"])).one()
+        held = {
+            r.order_id: r.qty
+            for r in conn.execute(
+                sa.select(st["reservations"]).where(st["reservations"].c.status == "reserved")
+            )
+        }
+    assert row.available >= 0, "stock went negative"
+    assert row.reserved >= 0, "reservations went negative"
+    assert row.available + row.reserved == initial, "stock was created or lost"
+    assert set(held) == confirmed, "a reservation is held by a non-confirmed order (or missing)"
+    assert row.reserved == sum(held.values())
+    with payments.engine.connect() as conn:
+        charge = {r.order_id: r.status for r in conn.execute(sa.select(pay["charges"]))}
+        refunded: dict[str, int] = {}
+        for r in conn.execute(sa.select(pay["refunds"])):
+            refunded[r.order_id] = refunded.get(r.order_id, 0) + 1
+    charged_now = {k for k, s in charge.items() if s == "charged"}
+    assert charged_now == confirmed, "an order is charged but not confirmed (or the reverse)"
+    for order_id, state in charge.items():
+        expected = 1 if state == "refunded" else 0
+        assert refunded.get(order_id, 0) == expected, f"{order_id}: refunded {refunded}"
+    assert all(status[k][0] == "cancelled" for k in refunded), "refunded a confirmed order"
+
+
+# --8<-- [end:invariants]
+
+
+def main(n: int = 200, seed: int = 7) -> None:
+    """Run *n* orders through the saga under chaos and print what happened."""
+    clock = FakeClock(start=1_700_000_000.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        orders = orders_service(f"sqlite:///{base / 'orders.db'}", clock)
+        stock = stock_service(f"sqlite:///{base / 'stock.db'}", clock, initial=n // 2)
+        payments = payments_service(f"sqlite:///{base / 'payments.db'}", clock)
+        harness = ChaosHarness(clock=clock, options=ChaosOptions(seed=seed, tick=0.002))
+        for svc in (orders, stock, payments):
+            harness.add(svc.participant, svc.engine)
+        place_orders(orders, [(f"order-{i}", 1, 10) for i in range(n)], timeout=30.0)
+        report = harness.run(
+            invariants=[lambda: check_invariants(orders, stock, payments, initial=n // 2)]
+        )
+        print(report)
+        for svc in (orders, stock, payments):
+            svc.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -211,7 +211,7 @@ def groups(ctx: Context) -> list[Group]:
                     setup=lambda: _ours(ctx, replay=False),
                     requires=("redis",),
                     teardown=_teardown,
-                    note="2 round trips: claim script, complete script",
+                    note="2 round trips: SET NX GET claims, a short script completes",
                 ),
                 Case(
                     PT_NEW,
@@ -222,7 +222,7 @@ def groups(ctx: Context) -> list[Group]:
             ],
             targets=[Target(OURS_NEW, 2.2), Target(OURS_NEW, 0.9, against=PT_NEW)],
             number=1000,
-            rounds=5,
+            rounds=9,
             quick_number=5,
         ),
         Group(
@@ -236,7 +236,7 @@ def groups(ctx: Context) -> list[Group]:
                     setup=lambda: _ours(ctx, replay=True),
                     requires=("redis",),
                     teardown=_teardown,
-                    note="1 round trip: the claim script returns the stored result",
+                    note="1 round trip: SET NX GET returns the stored result",
                 ),
                 Case(
                     PT_REPLAY,
@@ -247,7 +247,7 @@ def groups(ctx: Context) -> list[Group]:
             ],
             targets=[Target(OURS_REPLAY, 1.3), Target(OURS_REPLAY, 0.4, against=PT_REPLAY)],
             number=1000,
-            rounds=5,
+            rounds=9,
             quick_number=5,
         ),
         Group(

@@ -55,11 +55,24 @@ class XmlCodec(JsonCodec):
         return "application/xml"
 
 
+@pytest.fixture
+def untraced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No tracer provider anywhere, as in a process without tracing set up (another test
+    of this session may have installed a global one, which OpenTelemetry never unsets)."""
+    from opentelemetry import trace
+
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.NoOpTracerProvider)
+    previous = configure_tracing(TracingOptions())
+    yield
+    configure_tracing(previous)
+
+
 def _write(engine: sa.Engine, outbox: Outbox, messages: list[Message]) -> None:
     with engine.begin() as conn:
         outbox.add_many(conn, messages)
 
 
+@pytest.mark.usefixtures("untraced")
 def test_stored_bytes_are_published_as_they_are(db: DB) -> None:
     engine, outbox, _, _ = db
     sent = [
@@ -78,6 +91,7 @@ def test_stored_bytes_are_published_as_they_are(db: DB) -> None:
     assert [r.to_message(outbox.codec) for r in publisher.records] == sent
 
 
+@pytest.mark.usefixtures("untraced")
 def test_a_partial_failure_on_the_fast_path_is_recorded_precisely(db: DB) -> None:
     engine, outbox, _, _ = db
     _write(engine, outbox, [Message("e", {"i": i}, key=f"k{i}") for i in range(6)])
@@ -87,6 +101,7 @@ def test_a_partial_failure_on_the_fast_path_is_recorded_precisely(db: DB) -> Non
         assert outbox.stats(conn).pending == 3
 
 
+@pytest.mark.usefixtures("untraced")
 def test_a_publisher_with_another_content_type_gets_messages(db: DB) -> None:
     engine, outbox, _, _ = db
     sent = [Message("order.created", {"n": 1}, key="k")]

@@ -169,3 +169,18 @@ def test_session_type_is_accepted(db: DB) -> None:
         outbox.add(session, Message("x"))
     with engine.connect() as conn:
         assert outbox.stats(conn).pending == 1
+
+
+def test_dialects_without_per_key_commit_order_are_refused() -> None:
+    # A MySQL engine that never connects (a stand-in DBAPI): only its dialect is read.
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from resilience import ConfigurationError
+    from resilience.messaging import InMemoryBroker
+    from resilience.outbox import Outbox, Relay
+
+    engine = sa.create_engine("mysql+pymysql://u@localhost/db", module=sqlite3)
+    with pytest.raises(ConfigurationError, match="not 'mysql'"):
+        Relay(engine, Outbox(sa.MetaData()), InMemoryBroker().publisher())

@@ -213,7 +213,9 @@ def test_poison_row_is_dead_lettered_and_other_keys_keep_flowing(db: DB) -> None
         outbox.add(conn, poison)
         outbox.add_many(conn, [Message("ok", {"seq": i}, key=f"k{i}") for i in range(20)])
         outbox.add(conn, Message("after", {"seq": 1}, key="p"))
-    relay = make_relay(engine, outbox, publisher, max_attempts=3, telemetry=telemetry)
+    relay = make_relay(
+        engine, outbox, publisher, max_attempts=3, telemetry=telemetry, dead_letter_blocks_key=False
+    )
     with relay:
         wait_until(lambda: relay.lag().dead == 1 and relay.lag().pending == 0)
     with engine.connect() as conn:
@@ -226,14 +228,14 @@ def test_poison_row_is_dead_lettered_and_other_keys_keep_flowing(db: DB) -> None
     assert event.attributes["message_id"] == poison.id
 
 
-def test_dead_letter_can_block_its_key_until_requeued(db: DB) -> None:
+def test_by_default_a_dead_letter_blocks_its_key_until_requeued(db: DB) -> None:
     engine, outbox, _, _ = db
     broken = {"yes"}
     publisher = RecordingPublisher(lambda m: "nope" if m.type == "first" and broken else None)
     first = Message("first", {"seq": 0}, key="p")
     with engine.begin() as conn:
         outbox.add_many(conn, [first, Message("second", {"seq": 1}, key="p")])
-    relay = make_relay(engine, outbox, publisher, max_attempts=2, dead_letter_blocks_key=True)
+    relay = make_relay(engine, outbox, publisher, max_attempts=2)  # the default keeps order
     with relay:
         wait_until(lambda: relay.lag().dead == 1)
         time.sleep(0.3)

@@ -7,9 +7,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from resilience.saga import SagaTimerScheduler
+from resilience.saga import SagaParticipant, SagaTimerScheduler
 from resilience.testing import FakeClock
 
 
@@ -140,3 +141,39 @@ def test_timers_on_postgres_fire_once_across_schedulers(
     assert timeouts == 20
     a.engine.dispose()
     b.engine.dispose()
+
+
+def test_a_failing_timer_is_retried_later_and_does_not_block_the_others(
+    order_saga: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(start=1_700_000_000.0)
+    orders = order_saga.orders_service(f"sqlite:///{tmp_path / 'o.db'}", clock)
+    order_saga.place_orders(orders, [("a", 1, 10)], timeout=10.0)
+    order_saga.place_orders(orders, [("b", 1, 10)], timeout=20.0)  # due after a's
+    clock.advance(30.0)
+    participant = orders.participant
+    real_process = SagaParticipant._process
+
+    def buggy(self: Any, session: Any, message: Any, saga_id: str, **kw: Any) -> Any:
+        if saga_id == "a":
+            raise RuntimeError("bug in a hook")
+        return real_process(self, session, message, saga_id, **kw)
+
+    monkeypatch.setattr(SagaParticipant, "_process", buggy)
+    result = SagaTimerScheduler(participant).run_once()
+    assert (result.fired, result.failed) == (1, 1)  # b fired although a (earlier) failed
+    with orders.engine.connect() as conn:
+        store = participant.store
+        assert store.get(conn, "b").state == "cancelled"
+        assert store.get(conn, "a").state == "pending"
+        (timer,) = store.timers(conn)  # a's timer is kept, not consumed
+        assert (timer.saga_id, timer.attempts) == ("a", 1)
+        assert timer.fire_at > store.now(conn)  # backed off
+
+    monkeypatch.setattr(SagaParticipant, "_process", real_process)  # the bug is fixed
+    clock.advance(5.0)
+    assert SagaTimerScheduler(participant).run_once().fired == 1
+    with orders.engine.connect() as conn:
+        assert participant.store.get(conn, "a").state == "cancelled"
+        assert participant.store.timers(conn) == []
+    orders.engine.dispose()

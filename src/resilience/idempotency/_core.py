@@ -15,9 +15,11 @@ import enum
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from json.encoder import encode_basestring as _quote
+from json.scanner import make_scanner
+from typing import Any, Protocol, cast, runtime_checkable
 
 from resilience._errors import (
     ConfigurationError,
@@ -32,6 +34,7 @@ from resilience._errors import (
 from ._store import Claimed, ClaimOutcome, Completed, InProgress, Mismatch
 
 __all__ = [
+    "UNREADABLE",
     "JsonSerializer",
     "Raise",
     "Replay",
@@ -43,7 +46,11 @@ __all__ = [
     "decode_payload",
     "encode_error",
     "encode_result",
+    "field_labels",
     "fingerprint",
+    "fingerprint_fields",
+    "flat_fingerprint",
+    "json_result",
     "scoped_key",
 ]
 
@@ -75,7 +82,30 @@ def _default(value: Any) -> Any:
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), default=_default, ensure_ascii=False
 )
+_SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(cast("Any", json.JSONDecoder()))
 _COMPACT = json.JSONEncoder(separators=(",", ":"), default=_default, ensure_ascii=False)
+
+
+def _prebuilt(sort_keys: bool) -> Callable[[Any], str] | None:
+    """CPython's C encoder built once (``JSONEncoder.encode`` builds one per call).
+
+    It skips the circular-reference bookkeeping; a cycle then ends in
+    `RecursionError`, and the caller retries with the standard encoder, which
+    reports it as ``ValueError``. ``None`` where the C encoder does not exist.
+    """
+    try:
+        from _json import make_encoder
+    except ImportError:  # pragma: no cover - not CPython
+        return None
+    encoder = make_encoder(None, _default, _quote, None, ":", ",", sort_keys, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_FAST_COMPACT = _prebuilt(sort_keys=False)
 
 
 def canonical_json(value: Any) -> str:
@@ -90,6 +120,51 @@ def canonical_json(value: Any) -> str:
 def fingerprint(arguments: Mapping[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of the arguments that define the request."""
     return hashlib.sha256(canonical_json(arguments).encode()).hexdigest()
+
+
+def field_labels(names: Collection[str]) -> tuple[tuple[str, str], ...]:
+    """``(name, '"name":')`` in canonical (sorted) order, for `fingerprint_fields`."""
+    return tuple((name, _quote(name) + ":") for name in sorted(names))
+
+
+def flat_fingerprint(values: Any, plan: tuple[tuple[Any, str], ...]) -> str | None:
+    """`fingerprint` written without the JSON encoder, or None when that is not possible.
+
+    *plan* pairs, in canonical (sorted-name) order, where to find each field in
+    *values* (a name in a mapping, an index in a tuple) with its JSON label.
+    Flat fields of plain types (str, int, bool, None, finite float) are written
+    straight into canonical JSON, byte for byte what `canonical_json` writes, so
+    stored fingerprints stay valid. Anything else, or a field not found, is None.
+    """
+    parts: list[str] = []
+    append = parts.append
+    for where, label in plan:
+        try:
+            value = values[where]
+        except (KeyError, IndexError):
+            return None
+        kind = type(value)
+        if kind is str:
+            append(label + _quote(value))
+        elif kind is int:
+            append(label + int.__repr__(value))
+        elif value is None:
+            append(label + "null")
+        elif kind is bool:
+            append(label + ("true" if value else "false"))
+        elif kind is float and value - value == 0:  # finite: NaN and infinities take the slow path
+            append(label + float.__repr__(value))
+        else:
+            return None
+    return hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()
+
+
+def fingerprint_fields(bound: Mapping[str, Any], labels: tuple[tuple[str, str], ...]) -> str:
+    """`fingerprint` of the *labels* fields of *bound* (those present), fast when flat."""
+    fast = flat_fingerprint(bound, labels)
+    if fast is not None:
+        return fast
+    return fingerprint({name: bound[name] for name, _ in labels if name in bound})
 
 
 def scoped_key(namespace: str, scope: str, key: str) -> str:
@@ -125,17 +200,53 @@ class JsonSerializer:
     __slots__ = ()
 
     def dumps(self, value: Any) -> str:
+        if _FAST_COMPACT is not None:
+            try:
+                return _FAST_COMPACT(value)
+            except RecursionError:
+                pass  # a cycle, or very deep nesting: let the standard encoder say which
         return _COMPACT.encode(value)
 
     def loads(self, text: str, result_type: Any) -> Any:
-        value = json.loads(text)
+        # The scanner alone (no whitespace regexes): our payloads are compact.
+        # Anything it does not consume whole goes through json.loads for the error.
+        try:
+            value, end = _SCAN(text, 0)
+        except (StopIteration, ValueError):
+            end = -1
+        if end != len(text):
+            value = json.loads(text)
         return _rebuild(value, result_type)
 
     def __repr__(self) -> str:
         return "JsonSerializer()"
 
 
+_PLAIN_TYPES: dict[Any, bool] = {}
+
+
+def _is_plain(result_type: Any) -> bool:
+    """Whether values of *result_type* come back from JSON as they are (no dataclass inside)."""
+    if result_type is None:
+        return True
+    if isinstance(result_type, type) and dataclasses.is_dataclass(result_type):
+        return False
+    return all(_is_plain(arg) for arg in getattr(result_type, "__args__", ()) if arg is not ...)
+
+
 def _rebuild(value: Any, result_type: Any) -> Any:
+    try:
+        plain = _PLAIN_TYPES[result_type]
+    except KeyError:
+        plain = _PLAIN_TYPES[result_type] = _is_plain(result_type)
+    except TypeError:  # an unhashable annotation: decide every time
+        plain = _is_plain(result_type)
+    if plain:
+        return value
+    return _rebuild_typed(value, result_type)
+
+
+def _rebuild_typed(value: Any, result_type: Any) -> Any:
     if result_type is None:
         return value
     if isinstance(result_type, type) and dataclasses.is_dataclass(result_type):
@@ -145,13 +256,35 @@ def _rebuild(value: Any, result_type: Any) -> Any:
     origin = getattr(result_type, "__origin__", None)
     type_args: tuple[Any, ...] = tuple(getattr(result_type, "__args__", ()))
     if origin is list and len(type_args) == 1 and isinstance(value, list):
-        return [_rebuild(item, type_args[0]) for item in value]
+        return [_rebuild_typed(item, type_args[0]) for item in value]
     return value
 
 
 def encode_result(serializer: Serializer, value: Any) -> str:
     """The stored payload of a successful call."""
     return _RESULT + serializer.dumps(value)
+
+
+UNREADABLE = object()
+
+
+def json_result(payload: str, result_type: Any) -> Any:
+    """The value of a stored ``r<json>`` payload, read in place; `UNREADABLE` if it is not clean.
+
+    The replay fast path of the default serializer: no slicing, no whitespace
+    scan. Anything unusual returns `UNREADABLE` and goes through
+    `decode_payload`, which reports it properly.
+    """
+    try:
+        value, end = _SCAN(payload, 1)
+    except (StopIteration, ValueError):  # JSONDecodeError is a ValueError
+        return UNREADABLE
+    if end != len(payload):
+        return UNREADABLE
+    try:
+        return _rebuild(value, result_type)
+    except (TypeError, ValueError):
+        return UNREADABLE
 
 
 def _error_name(cls: type[BaseException]) -> str:

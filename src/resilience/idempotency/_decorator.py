@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import itertools
 import json
 import os
 import typing
@@ -16,9 +17,15 @@ from resilience._clock import SYSTEM_CLOCK, Clock
 from resilience._errors import ConfigurationError, IdempotencyError, IdempotencyRecordError
 
 from . import _core
-from ._core import JsonSerializer, Raise, Replay, Run, Serializer, Wait
+from ._core import JsonSerializer, Raise, Replay, Serializer, Wait
 from ._heartbeat import AsyncLease, Lease, start_lease
-from ._store import AsyncIdempotencyStore, IdempotencyStore, as_async_store
+from ._store import (
+    AsyncIdempotencyStore,
+    Claimed,
+    Completed,
+    IdempotencyStore,
+    as_async_store,
+)
 
 __all__ = [
     "IdempotencyContext",
@@ -205,14 +212,40 @@ def current_idempotency() -> IdempotencyContext:
     return ctx
 
 
+class _Tokens:
+    """Owner tokens: a random per-process prefix and a counter (unique, and cheap per call).
+
+    A fresh prefix after ``fork()`` keeps children from reusing the parent's tokens.
+    """
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(12).hex()
+        self.counter = itertools.count()
+
+
+_TOKENS = _Tokens()
+
+
 def _token() -> str:
-    return os.urandom(16).hex()
+    tokens = _TOKENS
+    return f"{tokens.prefix}{next(tokens.counter):x}"
+
+
+def _after_fork_in_child() -> None:
+    global _TOKENS  # noqa: PLW0603 - the process-wide generator is replaced on purpose
+    _TOKENS = _Tokens()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Binder:
     """Maps a call's arguments to ``{parameter: value}`` without `inspect.Signature.bind` on the hot path."""
 
-    __slots__ = ("_defaults", "_names", "_signature", "_simple")
+    __slots__ = ("_defaults", "_names", "_signature", "_simple", "full")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self._signature = inspect.signature(fn)
@@ -222,12 +255,21 @@ class _Binder:
         )
         self._names = tuple(p.name for p in params if p.kind != p.KEYWORD_ONLY)
         self._defaults = tuple((p.name, p.default) for p in params if p.default is not p.empty)
+        # Every parameter can be passed by position: a call passing them all so needs no defaults.
+        self.full = len(self._names) if self._simple and len(self._names) == len(params) else -1
 
     @property
     def parameters(self) -> Collection[str]:
         return self._signature.parameters.keys()
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Parameters that can be passed by position, in order."""
+        return self._names
+
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        if not kwargs and len(args) == self.full:
+            return dict(zip(self._names, args, strict=True))
         if self._simple and len(args) <= len(self._names):
             bound = dict(zip(self._names, args, strict=False))
             bound.update(kwargs)
@@ -330,11 +372,16 @@ class _Call:
     """One decorated function: the precomputed parts plus the sync and async drivers."""
 
     __slots__ = (
+        "_arg_plan",
         "_astore",
         "_binder",
         "_fields",
         "_fn",
+        "_key_arg",
         "_key_from_call",
+        "_key_index",
+        "_key_prefix",
+        "_labels",
         "_namespace",
         "_result_type",
         "_spec",
@@ -358,6 +405,15 @@ class _Call:
         else:
             self._fields = frozenset(params) - spec._exclude - {"self", "cls"}
         self._namespace = spec._namespace or f"{fn.__module__}.{fn.__qualname__}"
+        # Precomputed per function, so a call only joins strings: the store key
+        # without a scope, the key's argument name, and the fingerprint's labels.
+        self._key_prefix = _core.scoped_key(self._namespace, "", "")
+        self._key_arg = key if isinstance(key, str) else None
+        self._labels = _core.field_labels(self._fields)
+        position = {name: i for i, name in enumerate(self._binder.names)}
+        nowhere = 1 << 30  # an index no call reaches: the fast path steps aside
+        self._arg_plan = tuple((position.get(name, nowhere), label) for name, label in self._labels)
+        self._key_index = position.get(key, nowhere) if isinstance(key, str) else nowhere
         self._result_type = spec._result_type
         store = spec.store
         sync_ok = isinstance(store, IdempotencyStore) and getattr(store, "sync_capable", True)
@@ -390,41 +446,60 @@ class _Call:
     def _prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
         """``(store key, fingerprint, the caller's key)``; errors name the caller's key."""
         call_key = kwargs.pop(_CALL_KEY, _NO_KEY) if self._key_from_call else _NO_KEY
-        bound = self._binder.bind(args, kwargs)
+        # Every parameter passed by position: read fields and key straight from args.
+        positional = not kwargs and len(args) == self._binder.full
+        bound = None if positional else self._binder.bind(args, kwargs)
         spec = self._spec
         if call_key is not _NO_KEY:
             raw: object = call_key
-        elif isinstance(spec._key, str):
-            raw = bound[spec._key]
+        elif self._key_arg is not None:
+            raw = args[self._key_index] if bound is None else bound[self._key_arg]
         elif spec._key is not None:
-            raw = spec._key(*args, **kwargs)
+            raw = cast("KeyFunc", spec._key)(*args, **kwargs)
         else:
             raise IdempotencyError(
                 "", f"{self._fn.__qualname__} needs an idempotency key: pass idempotency_key=..."
             )
-        if raw is None or raw == "":
+        shown = raw if type(raw) is str else str(raw)
+        if raw is None or not shown:
             raise IdempotencyError("", f"empty idempotency key for {self._fn.__qualname__}")
         scope = spec._scope
         if scope is None:
-            scope_value = ""
-        elif isinstance(scope, contextvars.ContextVar):
-            try:
-                scope_value = scope.get()
-            except LookupError:
-                raise IdempotencyError(
-                    str(raw), f"idempotency scope {scope.name!r} is not set"
-                ) from None
+            key = self._key_prefix + shown
         else:
-            scope_value = scope()
-        key = _core.scoped_key(self._namespace, str(scope_value), str(raw))
-        fields = self._fields
+            if isinstance(scope, contextvars.ContextVar):
+                try:
+                    scope_value = scope.get()
+                except LookupError:
+                    raise IdempotencyError(
+                        shown, f"idempotency scope {scope.name!r} is not set"
+                    ) from None
+            else:
+                scope_value = scope()
+            key = _core.scoped_key(self._namespace, str(scope_value), shown)
         try:
-            fp = _core.fingerprint({k: v for k, v in bound.items() if k in fields})
+            fp = None if bound is not None else _core.flat_fingerprint(args, self._arg_plan)
+            if fp is None:
+                if bound is None:
+                    bound = self._binder.bind(args, kwargs)
+                fp = _core.fingerprint_fields(bound, self._labels)
         except (TypeError, ValueError) as exc:
             raise IdempotencyError(
-                str(raw), f"cannot fingerprint the arguments of {self._fn.__qualname__}: {exc}"
+                shown, f"cannot fingerprint the arguments of {self._fn.__qualname__}: {exc}"
             ) from exc
-        return key, fp, str(raw)
+        return key, fp, shown
+
+    def _replayed(self, shown: str, payload: str) -> Any:
+        if payload[:1] == "r" and type(self._spec._serializer) is JsonSerializer:
+            value = _core.json_result(payload, self._result_type_of())
+            if value is not _core.UNREADABLE:
+                return value
+        ok, value = _core.decode_payload(
+            shown, payload, self._spec._serializer, self._result_type_of(), self._spec._final_types
+        )
+        if ok:
+            return value
+        raise value
 
     def _outcome_payload(self, key: str, result: Any) -> str:
         return _core.result_payload(
@@ -440,10 +515,17 @@ class _Call:
         spec = self._spec
         opts = spec.options
         key, fp, shown = self._prepare(args, kwargs)
+        outcome = store.claim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
+        # The two common outcomes skip the general decision loop below.
+        if type(outcome) is Completed:
+            return self._replayed(shown, outcome.payload)
+        if type(outcome) is Claimed:
+            return self._run_owned(
+                store, key, shown, outcome.token, outcome.checkpoints, args, kwargs
+            )
         deadline = None if opts.wait is None else spec.clock.monotonic() + opts.wait
         decode = self._decoder(shown)
         while True:
-            outcome = store.claim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
             step = _core.decide(
                 outcome,
                 key=shown,
@@ -454,27 +536,28 @@ class _Call:
             )
             if isinstance(step, Wait):
                 spec.clock.sleep(step.delay)
+                outcome = store.claim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
                 continue
             break
         if isinstance(step, Replay):
             return step.value
         if isinstance(step, Raise):
             raise step.error
-        return self._run_owned(store, key, shown, step, args, kwargs)
+        return self._run_owned(store, key, shown, step.token, step.checkpoints, args, kwargs)
 
-    def _run_owned(  # noqa: PLR0917 - private, called from one place
+    def _run_owned(  # noqa: PLR0917 - private, called from two places
         self,
         store: IdempotencyStore,
         key: str,
         shown: str,
-        step: Run,
+        token: str,
+        checkpoints: Mapping[str, str],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         opts = self._spec.options
-        token = step.token
         ctx = IdempotencyContext(
-            key, token, step.checkpoints, store, None, self._spec._serializer, opts.ttl
+            key, token, checkpoints, store, None, self._spec._serializer, opts.ttl
         )
         reset = _current.set(ctx)
         lease: Lease | None = None
@@ -525,10 +608,12 @@ class _Call:
         opts = spec.options
         store = self._astore
         key, fp, shown = self._prepare(args, kwargs)
+        outcome = await store.aclaim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
+        if type(outcome) is Completed:
+            return self._replayed(shown, outcome.payload)
         deadline = None if opts.wait is None else spec.clock.monotonic() + opts.wait
         decode = self._decoder(shown)
         while True:
-            outcome = await store.aclaim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
             step = _core.decide(
                 outcome,
                 key=shown,
@@ -539,6 +624,7 @@ class _Call:
             )
             if isinstance(step, Wait):
                 await spec.clock.asleep(step.delay)
+                outcome = await store.aclaim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
                 continue
             break
         if isinstance(step, Replay):

@@ -1,7 +1,7 @@
 """Lease renewal while a protected call runs.
 
 Blocking calls share one daemon thread per process, so registering a lease
-costs a dict insert rather than a thread start; async calls use
+costs a dict insert (no thread start, no wake-up); async calls use
 ``loop.call_later`` on their own loop. Renewal uses real time on purpose: the
 lease is a promise about the wall clock the *store* keeps, and a heartbeat
 that a fake clock could stop would let a live call lose its key.
@@ -41,32 +41,45 @@ class Lease:
 
 
 class _Keeper:
-    __slots__ = ("_cond", "_leases", "_thread", "_wake_at")
+    """The shared renewal thread.
+
+    Registering a lease must not wake the thread: a call that finishes in
+    microseconds would otherwise pay for a lock, a notify and a context switch.
+    So the thread, once started, wakes at least every ``_tick`` seconds (the
+    shortest interval it has been given) even with nothing to renew. A lease
+    added now is first due a full interval from now, which is never before the
+    thread's next wake-up, so adding is a lock-free dict store; only a lease
+    with a shorter interval than any seen before (or the very first) wakes it.
+    After a minute without leases the thread sleeps until the next add.
+    """
+
+    __slots__ = ("_cond", "_leases", "_thread", "_tick", "_wake_at")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._leases: dict[int, Lease] = {}
         self._thread: threading.Thread | None = None
+        self._tick = float("inf")
         self._wake_at = float("inf")
 
     def add(self, lease: Lease) -> None:
-        # Lock-free on the hot path: dict stores are atomic, and a beat that
-        # misses a just-added lease sees it at the next wake-up, long before it
-        # is due (the first renewal is a full interval away).
         self._leases[id(lease)] = lease
-        if self._thread is None or lease.next_due < self._wake_at:
+        if lease.next_due < self._wake_at or lease.interval < self._tick:
             with self._cond:
+                self._tick = min(self._tick, lease.interval)
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(
                         target=self._run, name="resilience-idempotency-heartbeat", daemon=True
                     )
                     self._thread.start()
+                self._wake_at = min(self._wake_at, lease.next_due)
                 self._cond.notify()
 
     def remove(self, lease: Lease) -> None:
         self._leases.pop(id(lease), None)
 
     def _run(self) -> None:
+        idle_since = time.monotonic()
         while True:
             with self._cond:
                 now = time.monotonic()
@@ -74,12 +87,24 @@ class _Keeper:
                 due = [lease for lease in leases if lease.next_due <= now]
                 for lease in due:
                     lease.next_due = now + lease.interval
-                self._wake_at = min((x.next_due for x in leases), default=now + 60)
+                if leases:
+                    idle_since = now
+                if not leases and now - idle_since > _IDLE_SLEEP:
+                    self._wake_at = self._tick = float("inf")  # the next add() wakes us...
+                    if self._leases:  # ...unless it already read the old _wake_at
+                        continue
+                else:
+                    self._wake_at = min((x.next_due for x in leases), default=now + self._tick)
+                    self._wake_at = min(self._wake_at, now + self._tick)
                 if not due:
-                    self._cond.wait(timeout=max(0.0, self._wake_at - now))
+                    timeout = None if self._wake_at == float("inf") else self._wake_at - now
+                    self._cond.wait(timeout=None if timeout is None else max(0.0, timeout))
                     continue
             for lease in due:
                 _renew(lease)
+
+
+_IDLE_SLEEP = 60.0
 
 
 def _renew(lease: Lease) -> None:

@@ -365,7 +365,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-listen", action="store_true", help="poll only (no LISTEN/NOTIFY)")
     p.add_argument(
         "--dead-letter-blocks-key",
-        action="store_true",
-        help="hold back a key's later events while an earlier one is dead-lettered",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold back a key's later events while an earlier one is dead-lettered (default: on)",
     )
     p.set_defaults(handler=_relay)

@@ -67,12 +67,15 @@ class RelayOptions:
         backoff: per-row delay between attempts (``available_at`` in the table).
         on_sent: ``"delete"`` rows once acknowledged (smallest table) or ``"mark"``
             them (``sent_at`` set; keep an audit trail, purge later).
-        dead_letter_blocks_key: if True, a dead-lettered row holds back every later
-            row of its key until an operator requeues or purges it; if False (the
-            default) later rows of the key are published after it.
-        claim_mode: ``"skip_locked"`` (several relays, PostgreSQL / MySQL 8 / MariaDB
-            10.6), ``"lease"`` (one active relay, any database, e.g. SQLite), or
-            ``"auto"`` to choose by dialect.
+        dead_letter_blocks_key: if True (the default), a dead-lettered row holds
+            back every later row of its key until an operator requeues or purges
+            it, so per-key order holds even across a long broker outage; if False,
+            later rows of the key are published after it (order given up for
+            liveness).
+        claim_mode: ``"skip_locked"`` (several relays, PostgreSQL), ``"lease"`` (one
+            active relay, e.g. SQLite), or ``"auto"`` to choose by dialect. The
+            outbox supports PostgreSQL and SQLite: other databases do not enforce
+            per-key commit order yet and are refused.
         lease_ttl: seconds a lease lasts without renewal (lease mode).
         idle_min / idle_max: the wait after an empty claim starts at ``idle_min``
             and doubles up to ``idle_max`` while idle; a NOTIFY ends it early.
@@ -95,7 +98,7 @@ class RelayOptions:
     max_attempts: int = 10
     backoff: Backoff = field(default_factory=Backoff)
     on_sent: OnSent = "delete"
-    dead_letter_blocks_key: bool = False
+    dead_letter_blocks_key: bool = True
     claim_mode: ClaimMode = "auto"
     lease_ttl: float = 30.0
     idle_min: float = 0.05

@@ -109,7 +109,9 @@ class Inbox:
     ) -> set[str]:
         """Insert many ids in one statement; returns those seen for the first time."""
         _check_consumer(consumer)
-        unique = list(dict.fromkeys(message_ids))
+        # Sorted: two consumers inserting overlapping batches take the unique-index
+        # locks in the same order, so they wait for each other instead of deadlocking.
+        unique = sorted(set(message_ids))
         if not unique:
             return set()
         connection = connection_of(conn)

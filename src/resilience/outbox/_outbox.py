@@ -49,6 +49,19 @@ def connection_of(conn: sa.Connection | Session) -> sa.Connection:
     )
 
 
+SUPPORTED_DIALECTS: Final = frozenset({"postgresql", "sqlite"})
+"""Where per-key commit order is enforced: PostgreSQL takes a per-key advisory lock in
+`Outbox.add`; SQLite serialises every write transaction."""
+
+
+def _unsupported(dialect: str) -> str:
+    return (
+        f"the outbox supports {sorted(SUPPORTED_DIALECTS)}, not {dialect!r}: on it, two "
+        "transactions writing events of one key could commit in the opposite order of their "
+        "positions, and a relay would publish them out of order"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
     """How far behind the relays are; export these as gauges and alert on them.
@@ -171,8 +184,11 @@ class Outbox:
             return
         rows = [self._row(m) for m in batch]
         connection = connection_of(conn)
-        if connection.dialect.name == "postgresql":
+        dialect = connection.dialect.name
+        if dialect == "postgresql":
             self._pg_prepare(connection, [r["key"] for r in rows])
+        elif dialect not in SUPPORTED_DIALECTS:
+            raise ConfigurationError("conn", _unsupported(dialect))
         connection.execute(self.table.insert(), rows)
 
     def _row(self, message: Message) -> dict[str, Any]:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from resilience._clock import SYSTEM_CLOCK, Clock
-from resilience._errors import CircuitOpenError, ConfigurationError, PublishError
+from resilience._errors import CircuitOpenError, ConfigurationError, OutboxError, PublishError
 from resilience._optional import require
 from resilience._telemetry import Event, LoggingTelemetry, Telemetry
 from resilience.messaging._common import EncodedMessage
 from resilience.messaging._message import Codec, Message
 
 from ._core import RelayOptions, plan_waves
-from ._outbox import Outbox, OutboxStats
+from ._outbox import SUPPORTED_DIALECTS, Outbox, OutboxStats, _unsupported
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -37,7 +37,7 @@ _COMPONENT: Final = "outbox_relay"
 _log = logging.getLogger("resilience.outbox")
 _MAX_ERROR_CHARS: Final = 2000
 _PAUSE_SLICE: Final = 0.1
-_SKIP_LOCKED_DIALECTS: Final = frozenset({"postgresql", "mysql", "mariadb"})
+_SKIP_LOCKED_DIALECTS: Final = frozenset({"postgresql"})
 
 
 def _utcnow() -> dt.datetime:
@@ -213,6 +213,8 @@ class Relay:
         self._system = system or _guess_system(publisher)
         self._publish_encoded = _encoded_path(publisher, outbox.codec)
         dialect = engine.dialect.name
+        if dialect not in SUPPORTED_DIALECTS:
+            raise ConfigurationError("engine", _unsupported(dialect))
         mode = self.options.claim_mode
         if mode == "auto":
             mode = "skip_locked" if dialect in _SKIP_LOCKED_DIALECTS else "lease"
@@ -664,6 +666,10 @@ class Relay:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if (
+                self._thread.is_alive()
+            ):  # still finishing a batch: a new start() must not overlap it
+                raise OutboxError(f"relay {self.options.name!r} did not stop within {timeout}s")
             self._thread = None
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -99,6 +99,9 @@ def outbox_table(metadata: sa.MetaData, name: str = DEFAULT_OUTBOX_TABLE) -> sa.
         ),
         sql.Index(f"ix_{name}_sent_at", "sent_at"),
         sql.Index(f"ix_{name}_dead_at", "dead_at"),
+        # Positions must never be reused: a relay that lost its lease records
+        # rows by position, and a reused one would be another, unpublished event.
+        sqlite_autoincrement=True,
     )
     return table
 

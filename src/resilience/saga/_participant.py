@@ -136,6 +136,13 @@ def _default_saga_id(message: Message) -> str | None:
     return None
 
 
+TIMER_MAX_ATTEMPTS: Final = 8
+"""A timer whose handling keeps raising is dropped (and logged as rejected) after this many tries."""
+
+TIMER_MAX_BACKOFF: Final = 300.0
+"""Longest wait, in seconds, before a failing timer is tried again (2, 4, 8, ... capped here)."""
+
+
 class SagaParticipant:
     """One service's part in a choreographed saga, declared with decorators.
 
@@ -412,10 +419,15 @@ class SagaParticipant:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def fire_due_timer(self) -> Literal["fired", "none", "failed"]:
+    def fire_due_timer(self) -> Literal["fired", "none", "failed", "retrying"]:
         """Claim one due timer of this participant and apply its event; used by
         `SagaTimerScheduler`. The timer row is deleted in the same transaction,
-        so it fires once even with several schedulers (SKIP LOCKED on PostgreSQL)."""
+        so it fires once even with several schedulers (SKIP LOCKED on PostgreSQL).
+
+        A timer whose handling raises is not lost and does not hold back the
+        others: it goes back with one more attempt and a backoff (``"retrying"``),
+        and after `TIMER_MAX_ATTEMPTS` it is dropped with a ``rejected`` log entry.
+        """
         from resilience.tracing import use_context
 
         sql = _sa()
@@ -460,6 +472,27 @@ class SagaParticipant:
                     detail=str(exc),
                 )
                 return "failed"
+            except Exception as exc:  # a bug in a hook or handler: retry later, never lose it
+                attempts = int(row.attempts) + 1
+                if attempts >= TIMER_MAX_ATTEMPTS:
+                    self.store.log(
+                        session,
+                        row.saga_id,
+                        participant=self.name,
+                        event_type=message.type,
+                        outcome="rejected",
+                        message_id=message.id,
+                        detail=f"timer gave up after {attempts} attempts: {type(exc).__name__}: {exc}",
+                    )
+                    return "failed"
+                backoff = min(2.0**attempts, TIMER_MAX_BACKOFF)
+                now = self.store.now(session)
+                session.connection().execute(
+                    t.insert().values(
+                        {**row._mapping, "attempts": attempts, "fire_at": now + backoff}
+                    )
+                )
+                return "retrying"
         return "fired"
 
     def _process(

@@ -99,6 +99,8 @@ def saga_tables(metadata: sa.MetaData, prefix: str = DEFAULT_SAGA_PREFIX) -> Sag
         sql.Column("created_at", ts, nullable=False),
         sql.Index(f"ix_{names[2]}_due", "fire_at"),
         sql.Index(f"ix_{names[2]}_saga", "saga_id"),
+        # A fired timer's id becomes its message id in the inbox: ids must never be reused.
+        sqlite_autoincrement=True,
     )
     steps = sql.Table(
         names[3],

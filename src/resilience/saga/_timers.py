@@ -110,6 +110,9 @@ class SagaTimerScheduler:
                     break
                 if result == "fired":
                     fired += 1
+                elif result == "retrying":  # handling raised; the timer is back with a backoff
+                    failed += 1
+                    self._telemetry.emit(Event(_COMPONENT, participant.name, "timer_retry", {}))
                 else:
                     rejected += 1
         return TimerRun(fired, rejected, failed)

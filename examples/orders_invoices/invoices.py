@@ -1,0 +1,152 @@
+"""Invoices: one invoice per confirmed order, numbered without gaps or duplicates.
+
+The number comes from a counter row incremented in the *same* transaction as
+the invoice row, the inbox row and the ``invoice.issued`` outbox event. A crash
+anywhere rolls all four back together, so a number is never burnt (no gap) and
+a redelivered ``order.confirmed`` is skipped by the inbox (no duplicate). The
+database serialises writers on the counter row, so two consumers cannot take the
+same number either.
+
+The shipping cost is asked from logistics over HTTP *before* the transaction
+opens, so no lock is held across a network call.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from examples.orders_invoices._infra import ProblemError, http_client
+from examples.orders_invoices._service import Service
+from examples.orders_invoices.domain import Events
+from resilience.messaging import InMemoryBroker, Message
+from resilience.policies import Retry
+
+
+class InvoicesService(Service):
+    """The invoices service."""
+
+    def __init__(self, workdir: Path, broker: InMemoryBroker, logistics_url: str) -> None:
+        super().__init__("invoices", workdir, broker)
+        self.invoices = sa.Table(
+            "invoices",
+            self.metadata,
+            sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("order_id", sa.String(40), nullable=False, unique=True),
+            sa.Column("customer", sa.String(200), nullable=False),
+            sa.Column("goods_cents", sa.Integer, nullable=False),
+            sa.Column("shipping_cents", sa.Integer, nullable=False),
+            sa.Column("shipping_source", sa.String(20), nullable=False),
+            sa.Column("issued_at", sa.Float, nullable=False),
+        )
+        self.counters = sa.Table(
+            "counters",
+            self.metadata,
+            sa.Column("name", sa.String(40), primary_key=True),
+            sa.Column("value", sa.Integer, nullable=False),
+        )
+        self.logistics = http_client(logistics_url, timeout=3.0)
+        self.clients.append(self.logistics)
+        self.logistics_retry = Retry(
+            on=httpx.TransportError, attempts=3, wait_initial=0.05, name="invoices-logistics"
+        )
+        self.app.get("/invoices/{order_id}")(self.get_invoice)
+        self.app.get("/invoices")(self.list_invoices)
+        self.consume("order", self._on_event)
+
+    def setup(self) -> None:
+        super().setup()
+        with self.engine.begin() as conn:
+            if (
+                conn.execute(
+                    sa.select(self.counters.c.value).where(self.counters.c.name == "invoice")
+                ).first()
+                is None
+            ):
+                conn.execute(self.counters.insert().values(name="invoice", value=0))
+
+    def get_invoice(self, order_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                self.invoices.select().where(self.invoices.c.order_id == order_id)
+            ).first()
+        if row is None:
+            raise ProblemError(404, "Invoice not found", f"no invoice for order {order_id}")
+        return dict(row._mapping)
+
+    def list_invoices(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(self.invoices.select().order_by(self.invoices.c.number)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def _on_event(self, message: Message) -> None:
+        if message.type != Events.ORDER_CONFIRMED:
+            return
+        payload = message.payload
+        items = sum(int(line["qty"]) for line in payload["items"])
+        quote = self.logistics_retry.call(self._quote, str(payload["zip"]), items)
+        handle = self.inbox.handler(
+            consumer="invoices",
+            sessionmaker=self.sessions,
+            fn=functools.partial(self._issue, quote=quote),
+        )
+        handle(message)
+
+    def _quote(self, zip_code: str, items: int) -> dict[str, Any]:
+        response = self.logistics.get("/quotes", params={"zip": zip_code, "items": items})
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def _issue(self, session: Session, message: Message, *, quote: dict[str, Any]) -> None:
+        payload = message.payload
+        order_id = str(payload["order_id"])
+        exists = session.execute(
+            sa.select(self.invoices.c.number).where(self.invoices.c.order_id == order_id)
+        ).first()
+        if exists is not None:
+            return
+        session.execute(
+            self.counters.update()
+            .where(self.counters.c.name == "invoice")
+            .values(value=self.counters.c.value + 1)
+        )
+        number = session.execute(
+            sa.select(self.counters.c.value).where(self.counters.c.name == "invoice")
+        ).scalar_one()
+        session.execute(
+            self.invoices.insert().values(
+                number=number,
+                order_id=order_id,
+                customer=payload["customer"],
+                goods_cents=int(payload["total_cents"]),
+                shipping_cents=int(quote["price_cents"]),
+                shipping_source=str(quote["source"]),
+                issued_at=time.time(),
+            )
+        )
+        self.emit(
+            session,
+            Events.INVOICE_ISSUED,
+            {
+                "number": number,
+                "order_id": order_id,
+                "customer": payload["customer"],
+                "total_cents": int(payload["total_cents"]) + int(quote["price_cents"]),
+            },
+            order_id,
+        )
+
+    def numbers(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(self.invoices.c.number).order_by(self.invoices.c.number)
+                ).scalars()
+            )

@@ -1,0 +1,199 @@
+"""Orders: takes orders and owns the order saga (``resilience.saga``).
+
+``pending`` --stock.reserved--> ``reserved`` --payment.succeeded--> ``confirmed``
+and ``cancelled`` from ``pending`` (stock unavailable), from ``reserved``
+(payment failed) or from either when the saga's persisted deadline timer
+fires. Each move runs in one transaction with the inbox row, the saga state
+(optimistic lock), the order row and the outbox event, so a redelivered or
+late message changes nothing. A cancellation is announced with
+``order.cancelled``: stock releases what it reserved, payments refunds what it
+charged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from examples.orders_invoices._infra import ProblemError, Worker
+from examples.orders_invoices._service import Service
+from examples.orders_invoices.domain import CATALOG, CreateOrder, Events, OrderStatus
+from resilience.messaging import InMemoryBroker, Message
+from resilience.saga import (
+    DEFAULT_TIMEOUT_EVENT,
+    SagaDefinition,
+    SagaParticipant,
+    SagaStore,
+    SagaTimerScheduler,
+    StepContext,
+)
+
+_P, _R = OrderStatus.PENDING.value, OrderStatus.RESERVED.value
+_C, _X = OrderStatus.CONFIRMED.value, OrderStatus.CANCELLED.value
+
+ORDER_SAGA = SagaDefinition(
+    "order",
+    states={_P, _R, _C, _X},
+    initial=_P,
+    transitions={
+        (_P, Events.STOCK_RESERVED): _R,
+        (_P, Events.STOCK_UNAVAILABLE): _X,
+        (_P, DEFAULT_TIMEOUT_EVENT): _X,
+        (_R, Events.PAYMENT_SUCCEEDED): _C,
+        (_R, Events.PAYMENT_FAILED): _X,
+        (_R, DEFAULT_TIMEOUT_EVENT): _X,
+        # Late answers to a cancelled order are accepted and change nothing:
+        # stock and payments undo their own step when they see order.cancelled.
+        (_X, Events.STOCK_RESERVED): _X,
+        (_X, Events.STOCK_UNAVAILABLE): _X,
+        (_X, Events.PAYMENT_SUCCEEDED): _X,
+        (_X, Events.PAYMENT_FAILED): _X,
+    },
+    terminal={_C, _X},
+)
+"""The order saga: which event moves an order from which status to which."""
+
+CANCEL_REASONS = {
+    Events.STOCK_UNAVAILABLE: "out_of_stock",
+    Events.PAYMENT_FAILED: "payment_failed",
+    DEFAULT_TIMEOUT_EVENT: "timeout",
+}
+
+
+class OrdersService(Service):
+    """The orders service (see the module docstring for the saga)."""
+
+    def __init__(
+        self, workdir: Path, broker: InMemoryBroker, *, saga_timeout: float = 20.0
+    ) -> None:
+        super().__init__("orders", workdir, broker)
+        self.saga_timeout = saga_timeout
+        self.orders = sa.Table(
+            "orders",
+            self.metadata,
+            sa.Column("id", sa.String(40), primary_key=True),
+            sa.Column("customer", sa.String(200), nullable=False),
+            sa.Column("zip", sa.String(9), nullable=False),
+            sa.Column("card", sa.String(60), nullable=False),
+            sa.Column("items", sa.Text, nullable=False),
+            sa.Column("total_cents", sa.Integer, nullable=False),
+            sa.Column("status", sa.String(20), nullable=False, index=True),
+            sa.Column("reason", sa.String(40), nullable=True),
+            sa.Column("charge_id", sa.String(60), nullable=True),
+            sa.Column("created_at", sa.Float, nullable=False),
+        )
+        self.app.post("/orders", status_code=201)(self.create_order)
+        self.app.get("/orders/{order_id}")(self.get_order)
+        self.app.get("/orders")(self.list_orders)
+        self.saga = SagaParticipant(
+            "orders",
+            sessionmaker=self.sessions,
+            outbox=self.outbox,
+            inbox=self.inbox,
+            definition=ORDER_SAGA,
+            store=SagaStore(self.metadata),
+        )
+        self.saga.entered(OrderStatus.RESERVED.value)(self._on_reserved)
+        self.saga.entered(OrderStatus.CONFIRMED.value)(self._on_confirmed)
+        self.saga.entered(OrderStatus.CANCELLED.value)(self._on_cancelled)
+        self.consume(("stock", "payment"), self.saga.handle)
+        timers = SagaTimerScheduler(self.saga, interval=0.2)
+        self.workers.append(Worker("orders-saga-timers", timers.run))
+
+    # ------------------------------------------------------------------ HTTP
+
+    def create_order(self, body: CreateOrder) -> dict[str, Any]:
+        unknown = sorted({item.sku for item in body.items} - CATALOG.keys())
+        if unknown:
+            raise ProblemError(422, "Unknown product", f"not in the catalog: {', '.join(unknown)}")
+        order_id = str(uuid.uuid4())
+        items = [item.model_dump() for item in body.items]
+        total = sum(CATALOG[item.sku] * item.qty for item in body.items)
+        row = {
+            "id": order_id,
+            "customer": body.customer,
+            "zip": body.zip,
+            "card": body.card,
+            "items": json.dumps(items),
+            "total_cents": total,
+            "status": OrderStatus.PENDING.value,
+            "created_at": time.time(),
+        }
+        created = Message(
+            Events.ORDER_CREATED,
+            {"order_id": order_id, "items": items, "total_cents": total},
+            key=order_id,
+        )
+        with self.sessions.begin() as session:
+            session.execute(self.orders.insert().values(row))
+            # The saga row (the semantic lock), its deadline timer and order.created: one commit.
+            self.saga.start(session, order_id, timeout=self.saga_timeout, emit=created)
+        return self._public(row)
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(self.orders.select().where(self.orders.c.id == order_id)).first()
+        if row is None:
+            raise ProblemError(404, "Order not found", f"no order {order_id}")
+        return self._public(dict(row._mapping))
+
+    def list_orders(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(self.orders.select().order_by(self.orders.c.created_at)).all()
+        return [self._public(dict(r._mapping)) for r in rows]
+
+    @staticmethod
+    def _public(row: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in row.items() if k != "card"}
+        out["items"] = json.loads(row["items"]) if isinstance(row["items"], str) else row["items"]
+        return out
+
+    # ------------------------------------------------------------------ saga
+
+    def _set_status(self, ctx: StepContext, status: OrderStatus, **values: Any) -> dict[str, Any]:
+        ctx.session.execute(
+            self.orders.update()
+            .where(self.orders.c.id == ctx.saga_id)
+            .values(status=status.value, **values)
+        )
+        row = ctx.session.execute(self.orders.select().where(self.orders.c.id == ctx.saga_id)).one()
+        return dict(row._mapping)
+
+    def _on_reserved(self, ctx: StepContext) -> None:
+        row = self._set_status(ctx, OrderStatus.RESERVED)
+        ctx.emit(
+            Events.ORDER_PAYMENT_REQUESTED,
+            {"order_id": ctx.saga_id, "amount_cents": row["total_cents"], "card": row["card"]},
+        )
+
+    def _on_confirmed(self, ctx: StepContext) -> None:
+        charge_id = str(ctx.payload["charge_id"])
+        row = self._set_status(ctx, OrderStatus.CONFIRMED, charge_id=charge_id)
+        ctx.emit(
+            Events.ORDER_CONFIRMED,
+            {
+                "order_id": ctx.saga_id,
+                "customer": row["customer"],
+                "zip": row["zip"],
+                "items": json.loads(row["items"]),
+                "total_cents": row["total_cents"],
+                "charge_id": charge_id,
+            },
+        )
+
+    def _on_cancelled(self, ctx: StepContext) -> None:
+        reason = CANCEL_REASONS.get(ctx.message.type, ctx.message.type)
+        self._set_status(ctx, OrderStatus.CANCELLED, reason=reason)
+        ctx.emit(Events.ORDER_CANCELLED, {"order_id": ctx.saga_id, "reason": reason})
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(self.orders.c.status, sa.func.count()).group_by(self.orders.c.status)
+            ).all()
+        return {str(status): int(n) for status, n in rows}

@@ -1,0 +1,126 @@
+"""Stock: reserves the items of a new order, releases them when the order is cancelled.
+
+All or nothing per order: either every line is reserved (``stock.reserved``) or
+none is (``stock.unavailable``). Reservation rows make the release exact and
+idempotent: a cancelled order gives back what *it* took, once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from examples.orders_invoices._service import Service
+from examples.orders_invoices.domain import INITIAL_STOCK, Events
+from resilience.messaging import InMemoryBroker, Message
+
+
+class StockService(Service):
+    """The stock service."""
+
+    def __init__(self, workdir: Path, broker: InMemoryBroker) -> None:
+        super().__init__("stock", workdir, broker)
+        self.stock = sa.Table(
+            "stock",
+            self.metadata,
+            sa.Column("sku", sa.String(40), primary_key=True),
+            sa.Column("available", sa.Integer, nullable=False),
+            sa.CheckConstraint("available >= 0", name="stock_not_negative"),
+        )
+        self.reservations = sa.Table(
+            "reservations",
+            self.metadata,
+            sa.Column("order_id", sa.String(40), primary_key=True),
+            sa.Column("items", sa.Text, nullable=False),
+            sa.Column("status", sa.String(20), nullable=False),
+        )
+        self.app.get("/stock")(self.levels)
+        handler = self.inbox.handler(
+            consumer="stock", sessionmaker=self.sessions, fn=self._on_event
+        )
+        self.consume("order", handler)
+
+    def setup(self) -> None:
+        super().setup()
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(self.stock)).scalar_one() == 0:
+                conn.execute(
+                    self.stock.insert(),
+                    [{"sku": s, "available": n} for s, n in INITIAL_STOCK.items()],
+                )
+
+    def levels(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            available = dict(
+                conn.execute(sa.select(self.stock.c.sku, self.stock.c.available)).all()
+            )
+            reserved: dict[str, int] = {}
+            rows = conn.execute(
+                sa.select(self.reservations.c["items"]).where(
+                    self.reservations.c.status == "reserved"
+                )
+            ).scalars()
+            for items in rows:
+                for line in json.loads(items):
+                    reserved[line["sku"]] = reserved.get(line["sku"], 0) + line["qty"]
+        return {"available": available, "reserved": reserved}
+
+    def _on_event(self, session: Session, message: Message) -> None:
+        order_id = str(message.payload["order_id"])
+        if message.type == Events.ORDER_CREATED:
+            self._reserve(session, order_id, message.payload["items"])
+        elif message.type == Events.ORDER_CANCELLED:
+            self._release(session, order_id)
+
+    def _reserve(self, session: Session, order_id: str, items: list[dict[str, Any]]) -> None:
+        wanted: dict[str, int] = {}
+        for line in items:
+            wanted[line["sku"]] = wanted.get(line["sku"], 0) + int(line["qty"])
+        short = []
+        for sku, qty in wanted.items():
+            available = session.execute(
+                sa.select(self.stock.c.available).where(self.stock.c.sku == sku)
+            ).scalar()
+            if available is None or available < qty:
+                short.append(sku)
+        if short:
+            self.emit(
+                session, Events.STOCK_UNAVAILABLE, {"order_id": order_id, "skus": short}, order_id
+            )
+            return
+        for sku, qty in wanted.items():
+            session.execute(
+                self.stock.update()
+                .where(self.stock.c.sku == sku)
+                .values(available=self.stock.c.available - qty)
+            )
+        session.execute(
+            self.reservations.insert().values(
+                order_id=order_id, items=json.dumps(items), status="reserved"
+            )
+        )
+        self.emit(session, Events.STOCK_RESERVED, {"order_id": order_id}, order_id)
+
+    def _release(self, session: Session, order_id: str) -> None:
+        released = session.execute(
+            self.reservations.update()
+            .where(
+                self.reservations.c.order_id == order_id, self.reservations.c.status == "reserved"
+            )
+            .values(status="released")
+        )
+        if released.rowcount != 1:  # type: ignore[attr-defined]
+            return
+        items = session.execute(
+            sa.select(self.reservations.c["items"]).where(self.reservations.c.order_id == order_id)
+        ).scalar_one()
+        for line in json.loads(items):
+            session.execute(
+                self.stock.update()
+                .where(self.stock.c.sku == line["sku"])
+                .values(available=self.stock.c.available + int(line["qty"]))
+            )

@@ -265,6 +265,16 @@ def groups(ctx: Context) -> list[Group]:
     per_round = 200 if ctx.quick else 10_000
     inbox_per_round = 200 if ctx.quick else 2_000
     kafka = ("confluent_kafka", "sqlalchemy", "psycopg")
+
+    def inbox_case(name: str, mode: str, note: str = "") -> Case:
+        return Case(
+            name,
+            setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, mode),
+            kind="batch",
+            requires=("sqlalchemy", "psycopg"),
+            note=note,
+        )
+
     return [
         Group(
             name="outbox.relay",
@@ -315,43 +325,22 @@ def groups(ctx: Context) -> list[Group]:
             title=f"Inbox-protected consumer: {inbox_per_round:,} messages into PostgreSQL (per message)",
             baseline="handler without dedup (1 txn/message)",
             cases=[
-                Case(
-                    "handler without dedup (1 txn/message)",
-                    setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, "plain"),
-                    kind="batch",
-                    requires=("sqlalchemy", "psycopg"),
-                ),
-                Case(
-                    "Inbox.handler (1 txn/message)",
-                    setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, "inbox"),
-                    kind="batch",
-                    requires=("sqlalchemy", "psycopg"),
-                ),
-                Case(
+                inbox_case("handler without dedup (1 txn/message)", "plain"),
+                inbox_case("Inbox.handler (1 txn/message)", "inbox"),
+                inbox_case(
                     "handler without dedup (1 txn/100 messages)",
-                    setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, "plain_batch"),
-                    kind="batch",
-                    requires=("sqlalchemy", "psycopg"),
+                    "plain_batch",
                     note="the same business write per message, 100 messages per transaction",
                 ),
-                Case(
-                    "Inbox.batch_handler (1 txn/100 messages)",
-                    setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, "batch"),
-                    kind="batch",
-                    requires=("sqlalchemy", "psycopg"),
-                ),
-                Case(
+                inbox_case("Inbox.batch_handler (1 txn/100 messages)", "batch"),
+                inbox_case(
                     "bulk write without dedup (1 txn/100 messages)",
-                    setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, "plain_bulk"),
-                    kind="batch",
-                    requires=("sqlalchemy", "psycopg"),
+                    "plain_bulk",
                     note="one multi-row business INSERT per 100 messages",
                 ),
-                Case(
+                inbox_case(
                     "Inbox.batch_handler(batch_fn=...) (1 txn/100 messages)",
-                    setup=lambda: _inbox_case(ctx, inbox_per_round, rounds, "bulk"),
-                    kind="batch",
-                    requires=("sqlalchemy", "psycopg"),
+                    "bulk",
                     note="dedup: one INSERT … SELECT unnest(ids) ON CONFLICT DO NOTHING RETURNING",
                 ),
             ],

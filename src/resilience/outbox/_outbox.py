@@ -36,6 +36,22 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+def database_now(dialect: str) -> Any:
+    """The database's own clock in epoch seconds, as a SQL expression.
+
+    Leases and timers are judged by this clock, never the caller's, so hosts
+    with skewed clocks still agree on who holds a lease and which timer is due.
+    """
+    sql = require("sqlalchemy", "sql")
+    if dialect == "sqlite":
+        return sql.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+    if dialect == "postgresql":
+        return sql.literal_column("extract(epoch from clock_timestamp())")
+    if dialect in {"mysql", "mariadb"}:
+        return sql.literal_column("UNIX_TIMESTAMP(NOW(6))")
+    return sql.literal(_utcnow().timestamp())  # no server clock we know how to read
+
+
 def connection_of(conn: sa.Connection | Session) -> sa.Connection:
     """The `Connection` behind a Session (joining its transaction) or the Connection itself."""
     sql = require("sqlalchemy", "sql")

@@ -23,7 +23,7 @@ from resilience.messaging._common import EncodedMessage
 from resilience.messaging._message import Codec, Message
 
 from ._core import RelayOptions, plan_waves
-from ._outbox import SUPPORTED_DIALECTS, Outbox, OutboxStats, _unsupported
+from ._outbox import SUPPORTED_DIALECTS, Outbox, OutboxStats, _unsupported, database_now
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -531,15 +531,7 @@ class Relay:
     # ------------------------------------------------------------------ lease
 
     def _db_now(self) -> Any:
-        sql = require("sqlalchemy", "sql")
-        dialect = self._engine.dialect.name
-        if dialect == "sqlite":
-            return sql.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
-        if dialect == "postgresql":
-            return sql.literal_column("extract(epoch from clock_timestamp())")
-        if dialect in {"mysql", "mariadb"}:
-            return sql.literal_column("UNIX_TIMESTAMP(NOW(6))")
-        return sql.literal(_utcnow().timestamp())
+        return database_now(self._engine.dialect.name)
 
     def _acquire_lease(self, conn: sa.Connection) -> bool:
         sql = require("sqlalchemy", "sql")

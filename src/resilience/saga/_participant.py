@@ -455,12 +455,10 @@ class SagaParticipant:
             )
             if session.connection().execute(t.delete().where(t.c.id == row.id)).rowcount != 1:
                 return "none"  # another scheduler fired it first (databases without SKIP LOCKED)
-            try:
-                with use_context(message.headers), session.begin_nested():
-                    self._process(session, message, row.saga_id, timer=True)
-            except IllegalTransitionError as exc:
-                # The timer is consumed (deleted above) and the rejection is logged
-                # in this same transaction: it will not fire again and again.
+
+            def reject(detail: str, from_state: str | None = None) -> Literal["failed"]:
+                # The timer is consumed (deleted above) and the rejection logged in
+                # this same transaction: it will not fire again and again.
                 self.store.log(
                     session,
                     row.saga_id,
@@ -468,23 +466,22 @@ class SagaParticipant:
                     event_type=message.type,
                     outcome="rejected",
                     message_id=message.id,
-                    from_state=exc.state,
-                    detail=str(exc),
+                    from_state=from_state,
+                    detail=detail,
                 )
                 return "failed"
+
+            try:
+                with use_context(message.headers), session.begin_nested():
+                    self._process(session, message, row.saga_id, timer=True)
+            except IllegalTransitionError as exc:
+                return reject(str(exc), exc.state)
             except Exception as exc:  # a bug in a hook or handler: retry later, never lose it
                 attempts = int(row.attempts) + 1
                 if attempts >= TIMER_MAX_ATTEMPTS:
-                    self.store.log(
-                        session,
-                        row.saga_id,
-                        participant=self.name,
-                        event_type=message.type,
-                        outcome="rejected",
-                        message_id=message.id,
-                        detail=f"timer gave up after {attempts} attempts: {type(exc).__name__}: {exc}",
+                    return reject(
+                        f"timer gave up after {attempts} attempts: {type(exc).__name__}: {exc}"
                     )
-                    return "failed"
                 backoff = min(2.0**attempts, TIMER_MAX_BACKOFF)
                 now = self.store.now(session)
                 session.connection().execute(

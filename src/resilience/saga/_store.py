@@ -19,7 +19,7 @@ from resilience._errors import (
     SagaError,
 )
 from resilience._optional import require
-from resilience.outbox._outbox import connection_of
+from resilience.outbox._outbox import connection_of, database_now
 
 from ._definition import Outcome, SagaDefinition
 from ._schema import DEFAULT_SAGA_PREFIX, SagaTables, saga_tables
@@ -171,15 +171,7 @@ class SagaStore:
         """The current time (epoch seconds) as a SQL expression or a number."""
         if self._now is not None:
             return float(self._now())
-        sql = require("sqlalchemy", "sql")
-        dialect = connection_of(conn).dialect.name
-        if dialect == "sqlite":
-            return sql.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
-        if dialect == "postgresql":
-            return sql.literal_column("extract(epoch from clock_timestamp())")
-        if dialect in {"mysql", "mariadb"}:
-            return sql.literal_column("UNIX_TIMESTAMP(NOW(6))")
-        return sql.literal(_utcnow().timestamp())
+        return database_now(connection_of(conn).dialect.name)
 
     def now(self, conn: sa.Connection | Session) -> float:
         """The current time in epoch seconds, as timers see it."""

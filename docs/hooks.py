@@ -2,16 +2,25 @@
 
 ``<!-- cli-reference -->`` in a page is replaced by the ``--help`` text of every
 ``resilience`` command and subcommand, taken from the parser itself.
+
+``<!-- message-catalogue: MODULE -->`` is replaced by the event catalogue that
+``MODULE.catalogue()`` declares (see ``examples/_catalogue.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 from resilience._cli import build_parser
 
 MARKER = "<!-- cli-reference -->"
+CATALOGUE = re.compile(r"<!-- message-catalogue: ([\w.]+) -->")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -42,7 +51,15 @@ def cli_reference() -> str:
     return "\n".join(_walk(parser, ["resilience"], 2))
 
 
+def message_catalogue(module: str) -> str:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the examples are imported as examples.*
+    from examples._catalogue import render_catalogue
+
+    return render_catalogue(importlib.import_module(module).catalogue())
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
     if MARKER in markdown:
-        return markdown.replace(MARKER, cli_reference())
-    return markdown
+        markdown = markdown.replace(MARKER, cli_reference())
+    return CATALOGUE.sub(lambda m: message_catalogue(m.group(1)), markdown)

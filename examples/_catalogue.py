@@ -8,6 +8,7 @@ The docs hook renders the declaration, so the page cannot drift from the code.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ class EventSpec:
     topic: str
     producer: str
     consumers: tuple[str, ...]
-    payload: type[Any]
+    payload: builtins.type[Any]
     """A pydantic model, dataclass or TypedDict: the schema is derived from it."""
     summary: str
 

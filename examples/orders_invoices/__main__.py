@@ -1,22 +1,47 @@
-"""``python -m examples.orders_invoices demo`` (see ``--help``)."""
+"""``python -m examples.orders_invoices demo | up | serve SERVICE`` (see ``--help``)."""
 
 import argparse
 import sys
 
-from examples.orders_invoices import demo
+from examples.orders_invoices import demo, supervisor
 
-parser = argparse.ArgumentParser(prog="python -m examples.orders_invoices")
-sub = parser.add_subparsers(dest="command", required=True)
-run_demo = sub.add_parser("demo", help="run the whole system in one process with chaos, report")
-run_demo.add_argument(
-    "--trace", action="store_true", help="print the OpenTelemetry trace of one order first"
-)
-run_demo.add_argument(
-    "--crash-after-charge",
-    type=int,
-    default=2,
-    metavar="N",
-    help="how many charges die after Stripe answered (the double-charge scenario; default 2)",
-)
-args = parser.parse_args()
-sys.exit(demo.main(trace=args.trace, crash_after_charge=args.crash_after_charge))
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m examples.orders_invoices")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_demo = sub.add_parser("demo", help="run the whole system in one process with chaos")
+    run_demo.add_argument(
+        "--trace", action="store_true", help="print the OpenTelemetry trace of one order first"
+    )
+    run_demo.add_argument(
+        "--crash-after-charge",
+        type=int,
+        default=2,
+        metavar="N",
+        help="how many charges die after Stripe answered (the double-charge scenario; default 2)",
+    )
+    run_up = sub.add_parser(
+        "up", help="every service as its own process on PostgreSQL, Kafka and Redis"
+    )
+    supervisor.add_arguments(run_up)
+    run_serve = sub.add_parser("serve", help="one service (or the fakes) as this process")
+    run_serve.add_argument("service", choices=supervisor.PROCESSES)
+    run_serve.add_argument(
+        "--supervised", action="store_true", help="exit when the parent process (up) is gone"
+    )
+    supervisor.add_arguments(run_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        return demo.main(trace=args.trace, crash_after_charge=args.crash_after_charge)
+    settings = supervisor.settings_from(args)
+    if args.command == "up":
+        return supervisor.up(settings)
+    return supervisor.serve(args.service, settings, supervised=args.supervised)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,8 @@ common way to start and stop those pieces.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import threading
 import time
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import sqlalchemy as sa
 import uvicorn
@@ -26,6 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from resilience.tracing import TraceContextMiddleware, httpx_event_hooks
 
 PROBLEM_JSON = "application/problem+json"
+
+UNPROTECTED_TIMEOUT = 30.0
+"""What a call waits when the policies are switched off: a client nobody configured."""
 
 
 def sqlite_engine(path: Path) -> sa.Engine:
@@ -98,8 +104,8 @@ def service_app(name: str) -> FastAPI:
         return problem(exc.status, exc.title, exc.detail, **exc.extra)
 
     @app.get("/health")
-    def _health() -> dict[str, str]:
-        return {"status": "ok", "service": name}
+    def _health() -> dict[str, str | int]:
+        return {"status": "ok", "service": name, "pid": os.getpid()}
 
     return app
 
@@ -121,12 +127,15 @@ class HttpServer:
 
     The port is kept across restarts, so clients configured with the URL see
     "connection refused" while the server is down and reach it again after.
+    *threads* caps the worker threads that run the app's blocking handlers
+    (anyio's default is 40), as a server's worker pool would.
     """
 
-    def __init__(self, app: Any, name: str, port: int = 0) -> None:
+    def __init__(self, app: Any, name: str, port: int = 0, *, threads: int | None = None) -> None:
         self.app = app
         self.name = name
         self.port = port
+        self.threads = threads
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -154,7 +163,10 @@ class HttpServer:
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"http-{self.name}", daemon=True
+            target=asyncio.run,
+            args=(self._serve(server, sock),),
+            name=f"http-{self.name}",
+            daemon=True,
         )
         thread.start()
         deadline = time.monotonic() + 10
@@ -163,6 +175,11 @@ class HttpServer:
                 raise RuntimeError(f"{self.name}: HTTP server did not start")
             time.sleep(0.01)
         self._server, self._thread = server, thread
+
+    async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        if self.threads is not None:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+        await server.serve(sockets=[sock])
 
     def stop(self) -> None:
         server, thread = self._server, self._thread

@@ -10,48 +10,48 @@ from __future__ import annotations
 
 import smtplib
 from email.message import EmailMessage
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from examples.orders_invoices._service import Service
-from examples.orders_invoices.domain import Events
-from resilience.messaging import InMemoryBroker, Message
+from examples.orders_invoices._environment import Environment
+from examples.orders_invoices._service import Service, handles
+from examples.orders_invoices.events import InvoiceIssued
+from resilience.messaging import Message
 
 
 class EmailService(Service):
-    """The email service."""
+    """The email service; *smtp* is the mail server's ``host:port``."""
 
-    def __init__(self, workdir: Path, broker: InMemoryBroker, smtp_port: int) -> None:
-        super().__init__("email", workdir, broker)
-        self.smtp_port = smtp_port
+    name = "email"
+
+    def __init__(self, env: Environment, smtp: str) -> None:
+        super().__init__(env)
+        host, _, port = smtp.rpartition(":")
+        self.smtp_host, self.smtp_port = host or "127.0.0.1", int(port)
         self.sent = sa.Table(
             "sent",
             self.metadata,
             sa.Column("invoice_number", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("recipient", sa.String(200), nullable=False),
         )
-        handler = self.inbox.handler(consumer="email", sessionmaker=self.sessions, fn=self._send)
-        self.consume("invoice", handler)
 
-    def _send(self, session: Session, message: Message) -> None:
-        if message.type != Events.INVOICE_ISSUED:
-            return
-        payload = message.payload
-        number = int(payload["number"])
+    @handles(InvoiceIssued)
+    def _on_issued(self, message: Message, event: InvoiceIssued) -> None:
+        self.once(message, lambda session: self._send(session, event))
+
+    def _send(self, session: Session, event: InvoiceIssued) -> None:
+        number = event.number
         mail = EmailMessage()
         mail["From"] = "invoices@shop.example"
-        mail["To"] = str(payload["customer"])
+        mail["To"] = event.customer
         mail["Subject"] = f"Invoice {number:06d}"
         mail["Message-ID"] = f"<invoice-{number}@shop.example>"
-        total = int(payload["total_cents"])
+        total = event.total_cents
         mail.set_content(f"Your invoice {number:06d}: R$ {total // 100},{total % 100:02d}.")
-        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=5) as smtp:
+        with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=5) as smtp:
             smtp.send_message(mail)
-        session.execute(
-            self.sent.insert().values(invoice_number=number, recipient=str(payload["customer"]))
-        )
+        session.execute(self.sent.insert().values(invoice_number=number, recipient=event.customer))
 
     def count(self) -> int:
         with self.engine.connect() as conn:

@@ -17,13 +17,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-import sqlalchemy as sa
-
+from examples.orders_invoices._environment import LocalEnvironment
 from examples.orders_invoices._service import Service
-from examples.orders_invoices.domain import FINAL_STATUSES, INITIAL_STOCK, OrderStatus
+from examples.orders_invoices.deployment import SERVICE_NAMES, Options, build
+from examples.orders_invoices.domain import FINAL_STATUSES, OrderStatus
 from examples.orders_invoices.emails import EmailService
 from examples.orders_invoices.fakes import FakeCorreios, FakeStripe, SmtpSink
 from examples.orders_invoices.gateway import GatewayService
+from examples.orders_invoices.invariants import Snapshot, broken_invariants, saga_states
 from examples.orders_invoices.invoices import InvoicesService
 from examples.orders_invoices.logistics import LogisticsService
 from examples.orders_invoices.orders import OrdersService
@@ -37,17 +38,24 @@ S = TypeVar("S", bound=Service)
 class EmbeddedSystem:
     """Start everything with ``with EmbeddedSystem() as system:``; stop it on exit."""
 
-    def __init__(self, workdir: Path | None = None, *, saga_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        saga_timeout: float = 20.0,
+        options: Options | None = None,
+    ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="orders-invoices-")
             workdir = Path(self._tmp.name)
         self.workdir: Path = workdir
         self.broker = InMemoryBroker(partitions=4, visibility_timeout=10.0)
+        self.env = LocalEnvironment(workdir, self.broker)
         self.stripe = FakeStripe()
         self.correios = FakeCorreios()
         self.smtp = SmtpSink()
-        self.saga_timeout = saga_timeout
+        self.options = options or Options(saga_timeout=saga_timeout)
         self.services: dict[str, Service] = {}
 
     # The typed accessors the demo and the tests use.
@@ -88,24 +96,17 @@ class EmbeddedSystem:
         self.stripe.server.start()
         self.correios.server.start()
         self.smtp.start()
-        wd, broker = self.workdir, self.broker
-        logistics = LogisticsService(wd, broker, self.correios.url)
-        self._boot(logistics)
-        self._boot(StockService(wd, broker))
-        self._boot(PaymentsService(wd, broker, self.stripe.url))
-        self._boot(InvoicesService(wd, broker, logistics.url))
-        self._boot(EmailService(wd, broker, self.smtp.port))
-        self._boot(OrdersService(wd, broker, saga_timeout=self.saga_timeout))
-        upstreams = {
-            name: self.services[name].url
-            for name in ("orders", "invoices", "payments", "logistics", "stock")
+        addresses = {
+            "stripe": self.stripe.url,
+            "correios": self.correios.url,
+            "smtp": f"127.0.0.1:{self.smtp.port}",
         }
-        self._boot(GatewayService(wd, broker, upstreams))
+        for name in SERVICE_NAMES:  # boot order: each one's peers are up before it
+            service = build(name, self.env, addresses, self.options)
+            service.start()
+            self.services[name] = service
+            addresses[name] = service.url
         return self
-
-    def _boot(self, service: Service) -> None:
-        service.start()
-        self.services[service.name] = service
 
     def stop(self) -> None:
         with ThreadPoolExecutor(len(self.services) or 1) as pool:  # each takes ~0.2 s
@@ -151,46 +152,18 @@ class EmbeddedSystem:
             time.sleep(0.05)
         return condition()
 
+    def snapshot(self) -> Snapshot:
+        """The facts the invariants are about, read from the services and the fakes."""
+        return Snapshot(
+            orders=self.orders.list_orders(),
+            sagas=saga_states(self.orders.engine),
+            charged=[c.order_id for c in self.stripe.active_charges()],
+            invoices=self.invoices.list_invoices(),
+            mails=[m["message_id"] for m in self.smtp.messages],
+            stock=self.stock.levels(),
+            initial_stock=self.options.stock,
+        )
+
     def invariants(self) -> list[str]:
         """The broken invariants, as sentences (empty when all hold)."""
-        broken: list[str] = []
-        orders = self.orders.list_orders()
-        confirmed = {o["id"] for o in orders if o["status"] == OrderStatus.CONFIRMED.value}
-        not_final = [o["id"] for o in orders if OrderStatus(o["status"]) not in FINAL_STATUSES]
-        if not_final:
-            broken.append(f"{len(not_final)} orders are neither confirmed nor cancelled")
-        instances = self.orders.saga.store.tables.instances
-        with self.orders.engine.connect() as conn:
-            sagas = dict(conn.execute(sa.select(instances.c.saga_id, instances.c.state)).all())
-        if sagas != {o["id"]: o["status"] for o in orders}:
-            broken.append("order statuses disagree with their saga states")
-        charged = [c.order_id for c in self.stripe.active_charges()]
-        if sorted(charged) != sorted(confirmed):
-            broken.append(
-                f"Stripe holds {len(charged)} charges for {len(confirmed)} confirmed orders"
-            )
-        invoices = self.invoices.list_invoices()
-        if sorted(i["order_id"] for i in invoices) != sorted(confirmed):
-            broken.append(f"{len(invoices)} invoices for {len(confirmed)} confirmed orders")
-        numbers = [i["number"] for i in invoices]
-        if numbers != list(range(1, len(numbers) + 1)):
-            broken.append(f"invoice numbers are not 1..{len(numbers)} without gaps: {numbers}")
-        mailed = [m["message_id"] for m in self.smtp.messages]
-        expected = sorted(f"<invoice-{n}@shop.example>" for n in numbers)
-        if sorted(mailed) != expected:
-            broken.append(f"{len(mailed)} emails for {len(numbers)} invoices")
-        levels = self.stock.levels()
-        by_order = {o["id"]: o for o in orders}
-        held: dict[str, int] = {}
-        for order_id in confirmed:
-            for line in by_order[order_id]["items"]:
-                held[line["sku"]] = held.get(line["sku"], 0) + int(line["qty"])
-        for sku, initial in INITIAL_STOCK.items():
-            available = levels["available"].get(sku, 0)
-            reserved = levels["reserved"].get(sku, 0)
-            if available + reserved != initial or reserved != held.get(sku, 0):
-                broken.append(
-                    f"stock of {sku}: {available} available + {reserved} reserved, started with "
-                    f"{initial}, confirmed orders hold {held.get(sku, 0)}"
-                )
-        return broken
+        return broken_invariants(self.snapshot())

@@ -13,27 +13,29 @@ opens, so no lock is held across a network call.
 
 from __future__ import annotations
 
-import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from examples.orders_invoices._environment import Environment
 from examples.orders_invoices._infra import ProblemError, http_client
-from examples.orders_invoices._service import Service
-from examples.orders_invoices.domain import Events
-from resilience.messaging import InMemoryBroker, Message
+from examples.orders_invoices._service import Service, handles
+from examples.orders_invoices.events import InvoiceIssued, OrderConfirmed
+from resilience.messaging import Message
 from resilience.policies import Retry
 
 
 class InvoicesService(Service):
     """The invoices service."""
 
-    def __init__(self, workdir: Path, broker: InMemoryBroker, logistics_url: str) -> None:
-        super().__init__("invoices", workdir, broker)
+    name = "invoices"
+    emits = (InvoiceIssued,)
+
+    def __init__(self, env: Environment, logistics_url: str) -> None:
+        super().__init__(env)
         self.invoices = sa.Table(
             "invoices",
             self.metadata,
@@ -58,7 +60,6 @@ class InvoicesService(Service):
         )
         self.app.get("/invoices/{order_id}")(self.get_invoice)
         self.app.get("/invoices")(self.list_invoices)
-        self.consume("order", self._on_event)
 
     def setup(self) -> None:
         super().setup()
@@ -85,18 +86,11 @@ class InvoicesService(Service):
             rows = conn.execute(self.invoices.select().order_by(self.invoices.c.number)).all()
         return [dict(r._mapping) for r in rows]
 
-    def _on_event(self, message: Message) -> None:
-        if message.type != Events.ORDER_CONFIRMED:
-            return
-        payload = message.payload
-        items = sum(int(line["qty"]) for line in payload["items"])
-        quote = self.logistics_retry.call(self._quote, str(payload["zip"]), items)
-        handle = self.inbox.handler(
-            consumer="invoices",
-            sessionmaker=self.sessions,
-            fn=functools.partial(self._issue, quote=quote),
-        )
-        handle(message)
+    @handles(OrderConfirmed)
+    def _on_confirmed(self, message: Message, event: OrderConfirmed) -> None:
+        items = sum(line.qty for line in event.items)
+        quote = self.logistics_retry.call(self._quote, event.zip, items)
+        self.once(message, lambda session: self._issue(session, event, quote))
 
     def _quote(self, zip_code: str, items: int) -> dict[str, Any]:
         response = self.logistics.get("/quotes", params={"zip": zip_code, "items": items})
@@ -104,9 +98,8 @@ class InvoicesService(Service):
         result: dict[str, Any] = response.json()
         return result
 
-    def _issue(self, session: Session, message: Message, *, quote: dict[str, Any]) -> None:
-        payload = message.payload
-        order_id = str(payload["order_id"])
+    def _issue(self, session: Session, event: OrderConfirmed, quote: dict[str, Any]) -> None:
+        order_id = event.order_id
         exists = session.execute(
             sa.select(self.invoices.c.number).where(self.invoices.c.order_id == order_id)
         ).first()
@@ -124,8 +117,8 @@ class InvoicesService(Service):
             self.invoices.insert().values(
                 number=number,
                 order_id=order_id,
-                customer=payload["customer"],
-                goods_cents=int(payload["total_cents"]),
+                customer=event.customer,
+                goods_cents=event.total_cents,
                 shipping_cents=int(quote["price_cents"]),
                 shipping_source=str(quote["source"]),
                 issued_at=time.time(),
@@ -133,14 +126,12 @@ class InvoicesService(Service):
         )
         self.emit(
             session,
-            Events.INVOICE_ISSUED,
-            {
-                "number": number,
-                "order_id": order_id,
-                "customer": payload["customer"],
-                "total_cents": int(payload["total_cents"]) + int(quote["price_cents"]),
-            },
-            order_id,
+            InvoiceIssued(
+                order_id=order_id,
+                number=number,
+                customer=event.customer,
+                total_cents=event.total_cents + int(quote["price_cents"]),
+            ),
         )
 
     def numbers(self) -> list[int]:

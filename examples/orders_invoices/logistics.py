@@ -9,18 +9,21 @@ Every quote goes through one pipeline, outermost first:
   traffic, so an outage does not triple the load on a struggling API.
 - ``CircuitBreaker``: after enough failures, stop calling for a while.
 - ``Timeout(0.3 s)``: a slow answer is a failure.
+
+``policies=False`` calls Correios bare, with a client nobody tuned (30 s
+timeout, no fallback): the comparison the docs measure.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import Query
 
-from examples.orders_invoices._infra import http_client
+from examples.orders_invoices._environment import Environment
+from examples.orders_invoices._infra import UNPROTECTED_TIMEOUT, ProblemError, http_client
 from examples.orders_invoices._service import Service
 from resilience import (
     BulkheadFullError,
@@ -28,7 +31,6 @@ from resilience import (
     RetryBudgetExhaustedError,
     TimeoutExceededError,
 )
-from resilience.messaging import InMemoryBroker
 from resilience.policies import (
     Bulkhead,
     CircuitBreaker,
@@ -53,9 +55,12 @@ class CorreiosError(Exception):
 class LogisticsService(Service):
     """The logistics service: ``GET /quotes?zip=&items=``."""
 
-    def __init__(self, workdir: Path, broker: InMemoryBroker, correios_url: str) -> None:
-        super().__init__("logistics", workdir, broker)
-        self.correios = http_client(correios_url, timeout=2.0)
+    name = "logistics"
+
+    def __init__(self, env: Environment, correios_url: str, *, policies: bool = True) -> None:
+        super().__init__(env)
+        self.policies = policies
+        self.correios = http_client(correios_url, timeout=2.0 if policies else UNPROTECTED_TIMEOUT)
         self.clients.append(self.correios)
         self.cache: dict[str, int] = {}
         self.transitions: list[tuple[str, str]] = []
@@ -99,6 +104,7 @@ class LogisticsService(Service):
             name="correios",
         )
         self.app.get("/quotes")(self.quote_endpoint)
+        self.app.get("/stats")(self.stats)
 
     def quote_endpoint(
         self,
@@ -107,8 +113,22 @@ class LogisticsService(Service):
     ) -> dict[str, Any]:
         return self.quote(zip, items)
 
+    def stats(self) -> dict[str, Any]:
+        """What the pipeline did: breaker state and transitions, retries, quotes by source."""
+        with self._lock:
+            return {
+                "policies": self.policies,
+                "breaker": self.breaker.state.value,
+                "transitions": [list(t) for t in self.transitions],
+                "retries": self.retries,
+                "fallbacks": dict(self.fallbacks),
+                "sources": dict(self.sources),
+            }
+
     def quote(self, zip_code: str, items: int) -> dict[str, Any]:
         """A shipping quote; ``source`` is ``correios``, ``cache`` or ``flat_rate``."""
+        if not self.policies:
+            return self._unprotected(zip_code, items)
         result: dict[str, Any] = self.pipeline.call(self._ask_correios, zip_code, items)
         with self._lock:
             self.sources[result["source"]] = self.sources.get(result["source"], 0) + 1
@@ -124,6 +144,12 @@ class LogisticsService(Service):
         with self._lock:
             self.cache[self._region(zip_code, items)] = price
         return {"price_cents": price, "source": "correios", "estimated": False}
+
+    def _unprotected(self, zip_code: str, items: int) -> dict[str, Any]:
+        try:
+            return self._ask_correios(zip_code, items)
+        except (CorreiosError, httpx.TransportError) as exc:
+            raise ProblemError(502, "Correios unavailable", str(exc)) from exc
 
     def _fallback(self, exc: BaseException, zip_code: str, items: int) -> dict[str, Any]:
         with self._lock:

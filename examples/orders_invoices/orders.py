@@ -15,15 +15,27 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from examples.orders_invoices._environment import Environment
 from examples.orders_invoices._infra import ProblemError, Worker
-from examples.orders_invoices._service import Service
-from examples.orders_invoices.domain import CATALOG, CreateOrder, Events, OrderStatus
-from resilience.messaging import InMemoryBroker, Message
+from examples.orders_invoices._service import Service, handles
+from examples.orders_invoices.domain import CATALOG, CreateOrder, OrderStatus
+from examples.orders_invoices.events import (
+    CancelReason,
+    Event,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+    OrderPaymentRequested,
+    PaymentFailed,
+    PaymentSucceeded,
+    StockReserved,
+    StockUnavailable,
+)
+from resilience.messaging import Message
 from resilience.saga import (
     DEFAULT_TIMEOUT_EVENT,
     SagaDefinition,
@@ -41,26 +53,26 @@ ORDER_SAGA = SagaDefinition(
     states={_P, _R, _C, _X},
     initial=_P,
     transitions={
-        (_P, Events.STOCK_RESERVED): _R,
-        (_P, Events.STOCK_UNAVAILABLE): _X,
+        (_P, StockReserved.type): _R,
+        (_P, StockUnavailable.type): _X,
         (_P, DEFAULT_TIMEOUT_EVENT): _X,
-        (_R, Events.PAYMENT_SUCCEEDED): _C,
-        (_R, Events.PAYMENT_FAILED): _X,
+        (_R, PaymentSucceeded.type): _C,
+        (_R, PaymentFailed.type): _X,
         (_R, DEFAULT_TIMEOUT_EVENT): _X,
         # Late answers to a cancelled order are accepted and change nothing:
         # stock and payments undo their own step when they see order.cancelled.
-        (_X, Events.STOCK_RESERVED): _X,
-        (_X, Events.STOCK_UNAVAILABLE): _X,
-        (_X, Events.PAYMENT_SUCCEEDED): _X,
-        (_X, Events.PAYMENT_FAILED): _X,
+        (_X, StockReserved.type): _X,
+        (_X, StockUnavailable.type): _X,
+        (_X, PaymentSucceeded.type): _X,
+        (_X, PaymentFailed.type): _X,
     },
     terminal={_C, _X},
 )
 """The order saga: which event moves an order from which status to which."""
 
-CANCEL_REASONS = {
-    Events.STOCK_UNAVAILABLE: "out_of_stock",
-    Events.PAYMENT_FAILED: "payment_failed",
+CANCEL_REASONS: dict[str, CancelReason] = {
+    StockUnavailable.type: "out_of_stock",
+    PaymentFailed.type: "payment_failed",
     DEFAULT_TIMEOUT_EVENT: "timeout",
 }
 
@@ -68,10 +80,11 @@ CANCEL_REASONS = {
 class OrdersService(Service):
     """The orders service (see the module docstring for the saga)."""
 
-    def __init__(
-        self, workdir: Path, broker: InMemoryBroker, *, saga_timeout: float = 20.0
-    ) -> None:
-        super().__init__("orders", workdir, broker)
+    name = "orders"
+    emits = (OrderCreated, OrderPaymentRequested, OrderConfirmed, OrderCancelled)
+
+    def __init__(self, env: Environment, *, saga_timeout: float = 20.0) -> None:
+        super().__init__(env)
         self.saga_timeout = saga_timeout
         self.orders = sa.Table(
             "orders",
@@ -101,7 +114,6 @@ class OrdersService(Service):
         self.saga.entered(OrderStatus.RESERVED.value)(self._on_reserved)
         self.saga.entered(OrderStatus.CONFIRMED.value)(self._on_confirmed)
         self.saga.entered(OrderStatus.CANCELLED.value)(self._on_cancelled)
-        self.consume(("stock", "payment"), self.saga.handle)
         timers = SagaTimerScheduler(self.saga, interval=0.2)
         self.workers.append(Worker("orders-saga-timers", timers.run))
 
@@ -124,10 +136,8 @@ class OrdersService(Service):
             "status": OrderStatus.PENDING.value,
             "created_at": time.time(),
         }
-        created = Message(
-            Events.ORDER_CREATED,
-            {"order_id": order_id, "items": items, "total_cents": total},
-            key=order_id,
+        created = self.outgoing(
+            OrderCreated(order_id=order_id, items=body.items, total_cents=total)
         )
         with self.sessions.begin() as session:
             session.execute(self.orders.insert().values(row))
@@ -155,6 +165,14 @@ class OrdersService(Service):
 
     # ------------------------------------------------------------------ saga
 
+    @handles(StockReserved, StockUnavailable, PaymentSucceeded, PaymentFailed)
+    def _on_answer(self, message: Message, event: Event) -> None:
+        self.saga.handle(message)
+
+    def _emit_step(self, ctx: StepContext, event: Event) -> None:
+        message = self.outgoing(event)
+        ctx.emit(message.type, message.payload, key=message.key)
+
     def _set_status(self, ctx: StepContext, status: OrderStatus, **values: Any) -> dict[str, Any]:
         ctx.session.execute(
             self.orders.update()
@@ -166,30 +184,32 @@ class OrdersService(Service):
 
     def _on_reserved(self, ctx: StepContext) -> None:
         row = self._set_status(ctx, OrderStatus.RESERVED)
-        ctx.emit(
-            Events.ORDER_PAYMENT_REQUESTED,
-            {"order_id": ctx.saga_id, "amount_cents": row["total_cents"], "card": row["card"]},
+        self._emit_step(
+            ctx,
+            OrderPaymentRequested(
+                order_id=ctx.saga_id, amount_cents=row["total_cents"], card=row["card"]
+            ),
         )
 
     def _on_confirmed(self, ctx: StepContext) -> None:
         charge_id = str(ctx.payload["charge_id"])
         row = self._set_status(ctx, OrderStatus.CONFIRMED, charge_id=charge_id)
-        ctx.emit(
-            Events.ORDER_CONFIRMED,
-            {
-                "order_id": ctx.saga_id,
-                "customer": row["customer"],
-                "zip": row["zip"],
-                "items": json.loads(row["items"]),
-                "total_cents": row["total_cents"],
-                "charge_id": charge_id,
-            },
+        self._emit_step(
+            ctx,
+            OrderConfirmed(
+                order_id=ctx.saga_id,
+                customer=row["customer"],
+                zip=row["zip"],
+                items=json.loads(row["items"]),
+                total_cents=row["total_cents"],
+                charge_id=charge_id,
+            ),
         )
 
     def _on_cancelled(self, ctx: StepContext) -> None:
-        reason = CANCEL_REASONS.get(ctx.message.type, ctx.message.type)
+        reason = CANCEL_REASONS[ctx.message.type]
         self._set_status(ctx, OrderStatus.CANCELLED, reason=reason)
-        ctx.emit(Events.ORDER_CANCELLED, {"order_id": ctx.saga_id, "reason": reason})
+        self._emit_step(ctx, OrderCancelled(order_id=ctx.saga_id, reason=reason))
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

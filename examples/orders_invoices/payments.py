@@ -10,17 +10,22 @@ a second one. ``crash_after_charge`` plays that scenario on demand.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
+from examples.orders_invoices._environment import Environment
 from examples.orders_invoices._infra import ProblemError, http_client
-from examples.orders_invoices._service import Service
-from examples.orders_invoices.domain import Events
+from examples.orders_invoices._service import Service, handles
+from examples.orders_invoices.events import (
+    OrderCancelled,
+    OrderPaymentRequested,
+    PaymentFailed,
+    PaymentSucceeded,
+)
 from resilience.idempotency import SqlStore, current_idempotency, idempotency_table, idempotent
-from resilience.messaging import InMemoryBroker, Message
+from resilience.messaging import Message
 from resilience.policies import CircuitBreaker, CircuitBreakerConfig, Pipeline, Retry
 
 
@@ -35,9 +40,12 @@ class PaymentsDatabaseDownError(Exception):
 class PaymentsService(Service):
     """The payments service."""
 
-    def __init__(self, workdir: Path, broker: InMemoryBroker, stripe_url: str) -> None:
-        super().__init__("payments", workdir, broker)
-        self.crash_after_charge = 0
+    name = "payments"
+    emits = (PaymentSucceeded, PaymentFailed)
+
+    def __init__(self, env: Environment, stripe_url: str, *, crash_after_charge: int = 0) -> None:
+        super().__init__(env)
+        self.crash_after_charge = crash_after_charge
         """How many upcoming charges fail after Stripe answered (the double-charge scenario)."""
         self.crashes = 0
         self.payments = sa.Table(
@@ -67,7 +75,6 @@ class PaymentsService(Service):
             name="stripe",
         )
         self.app.get("/payments/{order_id}")(self.get_payment)
-        self.consume("order", self._on_event)
 
     def get_payment(self, order_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -78,16 +85,13 @@ class PaymentsService(Service):
             raise ProblemError(404, "Payment not found", f"no payment for order {order_id}")
         return dict(row._mapping)
 
-    def _on_event(self, message: Message) -> None:
-        payload = message.payload
-        if message.type == Events.ORDER_PAYMENT_REQUESTED:
-            self.charge(
-                order_id=str(payload["order_id"]),
-                amount_cents=int(payload["amount_cents"]),
-                card=str(payload["card"]),
-            )
-        elif message.type == Events.ORDER_CANCELLED:
-            self.refund(str(payload["order_id"]))
+    @handles(OrderPaymentRequested)
+    def _on_payment_requested(self, message: Message, event: OrderPaymentRequested) -> None:
+        self.charge(order_id=event.order_id, amount_cents=event.amount_cents, card=event.card)
+
+    @handles(OrderCancelled)
+    def _on_cancelled(self, message: Message, event: OrderCancelled) -> None:
+        self.refund(event.order_id)
 
     def _stripe(self, path: str, data: dict[str, str], key: str) -> httpx.Response:
         def post() -> httpx.Response:
@@ -143,17 +147,11 @@ class PaymentsService(Service):
                 )
                 if outcome["status"] == "charged":
                     self.emit(
-                        session,
-                        Events.PAYMENT_SUCCEEDED,
-                        {"order_id": order_id, "charge_id": outcome["charge_id"]},
-                        order_id,
+                        session, PaymentSucceeded(order_id=order_id, charge_id=outcome["charge_id"])
                     )
                 else:
                     self.emit(
-                        session,
-                        Events.PAYMENT_FAILED,
-                        {"order_id": order_id, "code": outcome.get("code", "")},
-                        order_id,
+                        session, PaymentFailed(order_id=order_id, code=outcome.get("code", ""))
                     )
         return outcome
 

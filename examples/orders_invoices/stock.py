@@ -8,22 +8,33 @@ idempotent: a cancelled order gives back what *it* took, once.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from examples.orders_invoices._service import Service
-from examples.orders_invoices.domain import INITIAL_STOCK, Events
-from resilience.messaging import InMemoryBroker, Message
+from examples.orders_invoices._environment import Environment
+from examples.orders_invoices._service import Service, handles
+from examples.orders_invoices.domain import INITIAL_STOCK, Item
+from examples.orders_invoices.events import (
+    OrderCancelled,
+    OrderCreated,
+    StockReserved,
+    StockUnavailable,
+)
+from resilience.messaging import Message
 
 
 class StockService(Service):
-    """The stock service."""
+    """The stock service; *initial* is what the shelves hold on first start."""
 
-    def __init__(self, workdir: Path, broker: InMemoryBroker) -> None:
-        super().__init__("stock", workdir, broker)
+    name = "stock"
+    emits = (StockReserved, StockUnavailable)
+
+    def __init__(self, env: Environment, *, initial: Mapping[str, int] = INITIAL_STOCK) -> None:
+        super().__init__(env)
+        self.initial = dict(initial)
         self.stock = sa.Table(
             "stock",
             self.metadata,
@@ -39,10 +50,6 @@ class StockService(Service):
             sa.Column("status", sa.String(20), nullable=False),
         )
         self.app.get("/stock")(self.levels)
-        handler = self.inbox.handler(
-            consumer="stock", sessionmaker=self.sessions, fn=self._on_event
-        )
-        self.consume("order", handler)
 
     def setup(self) -> None:
         super().setup()
@@ -50,7 +57,7 @@ class StockService(Service):
             if conn.execute(sa.select(sa.func.count()).select_from(self.stock)).scalar_one() == 0:
                 conn.execute(
                     self.stock.insert(),
-                    [{"sku": s, "available": n} for s, n in INITIAL_STOCK.items()],
+                    [{"sku": s, "available": n} for s, n in self.initial.items()],
                 )
 
     def levels(self) -> dict[str, Any]:
@@ -69,17 +76,18 @@ class StockService(Service):
                     reserved[line["sku"]] = reserved.get(line["sku"], 0) + line["qty"]
         return {"available": available, "reserved": reserved}
 
-    def _on_event(self, session: Session, message: Message) -> None:
-        order_id = str(message.payload["order_id"])
-        if message.type == Events.ORDER_CREATED:
-            self._reserve(session, order_id, message.payload["items"])
-        elif message.type == Events.ORDER_CANCELLED:
-            self._release(session, order_id)
+    @handles(OrderCreated)
+    def _on_created(self, message: Message, event: OrderCreated) -> None:
+        self.once(message, lambda session: self._reserve(session, event.order_id, event.items))
 
-    def _reserve(self, session: Session, order_id: str, items: list[dict[str, Any]]) -> None:
+    @handles(OrderCancelled)
+    def _on_cancelled(self, message: Message, event: OrderCancelled) -> None:
+        self.once(message, lambda session: self._release(session, event.order_id))
+
+    def _reserve(self, session: Session, order_id: str, items: list[Item]) -> None:
         wanted: dict[str, int] = {}
         for line in items:
-            wanted[line["sku"]] = wanted.get(line["sku"], 0) + int(line["qty"])
+            wanted[line.sku] = wanted.get(line.sku, 0) + line.qty
         short = []
         for sku, qty in wanted.items():
             available = session.execute(
@@ -88,9 +96,7 @@ class StockService(Service):
             if available is None or available < qty:
                 short.append(sku)
         if short:
-            self.emit(
-                session, Events.STOCK_UNAVAILABLE, {"order_id": order_id, "skus": short}, order_id
-            )
+            self.emit(session, StockUnavailable(order_id=order_id, skus=short))
             return
         for sku, qty in wanted.items():
             session.execute(
@@ -100,10 +106,12 @@ class StockService(Service):
             )
         session.execute(
             self.reservations.insert().values(
-                order_id=order_id, items=json.dumps(items), status="reserved"
+                order_id=order_id,
+                items=json.dumps([line.model_dump() for line in items]),
+                status="reserved",
             )
         )
-        self.emit(session, Events.STOCK_RESERVED, {"order_id": order_id}, order_id)
+        self.emit(session, StockReserved(order_id=order_id))
 
     def _release(self, session: Session, order_id: str) -> None:
         released = session.execute(

@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resilience",
         description="Operate the resilience toolkit: outbox relays, sagas, idempotency records, breakers.",
+        epilog=(
+            "examples:\n"
+            "  resilience outbox status --url postgresql+psycopg://app@db/orders\n"
+            "  resilience saga show 0193c0de-7f1e-7a3b-9d2c-5e8f00000001 --url sqlite:///orders.db\n"
+            "  resilience breaker status correios --redis redis://127.0.0.1:6379/0\n"
+            "\n"
+            "Every command has --help with its own examples."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from examples.orders_invoices.__main__ import build_parser
+
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "examples" / "orders-invoices.md"
 
@@ -16,6 +18,14 @@ def test_python_samples_run() -> None:
         exec(compile(block, str(DOC), "exec"), {"__name__": "docs_sample"})
 
 
-def test_documented_command_is_the_real_one() -> None:
+def test_documented_commands_are_real_ones() -> None:
     blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(), re.S)
-    assert blocks == ["python -m examples.orders_invoices demo\n"]
+    commands = [line.split() for block in blocks for line in block.splitlines()]
+    assert [c[:4] for c in commands] == [
+        ["python", "-m", "examples.orders_invoices", "demo"],
+        ["python", "-m", "examples.orders_invoices", "up"],
+        ["python", "-m", "examples.orders_invoices", "serve"],
+    ]
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(command[3:])  # exits (SystemExit) on an unknown option

@@ -94,6 +94,20 @@ class GroupResult:
             return float("nan")
         return this.median_ns / base.median_ns
 
+    def ratio_spread(self, case: str, against: str | None = None) -> tuple[float, float]:
+        """Min and max of the per-round ratios.
+
+        Rounds interleave the cases, so round *i* of ``case`` and of ``against``
+        ran back to back under the same machine load: their quotient is a fairer
+        spread of the ratio than dividing extremes taken from different rounds.
+        """
+        base = self.cases.get(against or self.group.baseline)
+        this = self.cases.get(case)
+        if base is None or this is None or not base.samples_ns or not this.samples_ns:
+            return (float("nan"), float("nan"))
+        ratios = [t / b for t, b in zip(this.samples_ns, base.samples_ns, strict=True)]
+        return (min(ratios), max(ratios))
+
     def target_rows(self) -> list[tuple[Target, float, bool]]:
         rows = []
         for target in self.group.targets:
@@ -140,12 +154,19 @@ def _missing(requires: tuple[str, ...]) -> str:
     return f"not installed: {', '.join(absent)}" if absent else ""
 
 
+def _operations(ops: object) -> int:
+    """What a ``kind="batch"`` callable returned: the number of operations it performed."""
+    if isinstance(ops, bool) or not isinstance(ops, int):
+        raise TypeError(f"a batch case must return its operation count, got {ops!r}")
+    return ops
+
+
 def _time_sync(op: SyncOp, kind: str, number: int) -> float:
     if kind == "batch":
         start = time.perf_counter_ns()
         ops = op()
         elapsed = time.perf_counter_ns() - start
-        return elapsed / max(int(ops), 1)  # type: ignore[call-overload]
+        return elapsed / max(_operations(ops), 1)
     rng = range(number)
     start = time.perf_counter_ns()
     for _ in rng:
@@ -158,7 +179,7 @@ async def _time_async(op: AsyncOp, kind: str, number: int) -> float:
         start = time.perf_counter_ns()
         ops = await op()
         elapsed = time.perf_counter_ns() - start
-        return elapsed / max(int(ops), 1)  # type: ignore[call-overload]
+        return elapsed / max(_operations(ops), 1)
     rng = range(number)
     start = time.perf_counter_ns()
     for _ in rng:

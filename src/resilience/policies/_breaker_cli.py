@@ -33,26 +33,57 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_REDIS = "--redis redis://127.0.0.1:6379/0 --prefix logistics:"
+_EXAMPLES = {
+    "status": f"resilience breaker status correios {_REDIS}\n"
+    f"  resilience breaker status correios {_REDIS} --window 60 --json",
+    "open": f"resilience breaker open correios {_REDIS} --for 300\n"
+    f"  resilience breaker open correios {_REDIS} --forced   # until close/reset",
+    "close": f"resilience breaker close correios {_REDIS}",
+    "reset": f"resilience breaker reset correios {_REDIS}",
+}
+
+
+_DESCRIPTION = """\
+Inspect and steer circuit breakers that share their state through Redis
+(RedisSharedState). During an incident: see what every process of a service
+follows (status), open the circuit by hand to shed load from a dependency known
+to be down (open, or open --forced to keep it open until released), and put it
+back (close, reset). Every process applies the change within its sync_interval."""
+
+
+def _action(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    label = "examples" if "\n" in _EXAMPLES[name] else "example"
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=f"{label}:\n  {_EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(parser)
+    return parser
+
+
 def register(subparsers: Any) -> None:
     """Add the ``breaker`` command and its subcommands to the ``resilience`` CLI."""
     breaker = subparsers.add_parser(
         "breaker",
         help="inspect and steer Redis-shared circuit breakers",
-        description=__doc__,
+        description=_DESCRIPTION,
+        epilog="examples:\n  " + "\n  ".join(_EXAMPLES.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = breaker.add_subparsers(title="breaker commands", metavar="ACTION")
 
-    status = commands.add_parser("status", help="show the shared state and the aggregated window")
-    _common(status)
+    status = _action(commands, "status", "show the shared state and the aggregated window")
     status.add_argument(
         "--window", type=int, default=10, help="seconds of outcomes to sum (default: %(default)s)"
     )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_status)
 
-    open_ = commands.add_parser("open", help="open the circuit in every process")
-    _common(open_)
+    open_ = _action(commands, "open", "open the circuit in every process")
     open_.add_argument(
         "--for",
         dest="seconds",
@@ -65,14 +96,12 @@ def register(subparsers: Any) -> None:
     )
     open_.set_defaults(handler=_open)
 
-    close = commands.add_parser("close", help="close the circuit in every process")
-    _common(close)
+    close = _action(commands, "close", "close the circuit in every process")
     close.set_defaults(handler=_close)
 
-    reset = commands.add_parser(
-        "reset", help="close the circuit and forget the aggregated window in every process"
+    reset = _action(
+        commands, "reset", "close the circuit and forget the aggregated window in every process"
     )
-    _common(reset)
     reset.set_defaults(handler=_close)
 
     breaker.set_defaults(handler=lambda _args: _help(breaker))

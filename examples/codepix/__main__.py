@@ -1,4 +1,4 @@
-"""``python -m examples.codepix grpc|kafka|all|bank|account|key ...`` (see ``--help``)."""
+"""``python -m examples.codepix grpc|kafka|all|bank|account|key|demo ...`` (see ``--help``)."""
 
 import sys
 

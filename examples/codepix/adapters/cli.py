@@ -5,7 +5,9 @@ Two kinds of commands share one parser:
 - operator commands (``bank add``, ``account add``, ``key register``,
   ``key find``) drive the *same* use cases as gRPC: a second driving adapter,
   which is the proof that the application does not depend on its transport;
-- service commands (``grpc``, ``kafka``, ``all``) run CodePix.
+- service commands (``grpc``, ``kafka``, ``all``) run CodePix;
+- ``bank --code 001 ...`` runs one bank (`examples.codepix.bank.process`);
+- ``demo`` runs CodePix and two banks in one process (`examples.codepix.demo`).
 
 Run ``python -m examples.codepix --help`` from the project root.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -44,6 +47,28 @@ def _key_json(pix_key: PixKey) -> dict[str, Any]:
     }
 
 
+def _kafka_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _kafka_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--kafka",
+        default=default,
+        help="bootstrap servers HOST:PORT (default: an in-process broker, for local runs)",
+    )
+    parser.add_argument(
+        "--kafka-config",
+        type=_kafka_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra librdkafka setting, repeatable (e.g. session.timeout.ms=3000)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m examples.codepix`` command line."""
     parser = argparse.ArgumentParser(
@@ -59,15 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         service = commands.add_parser(name, help=text)
         service.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC listen address")
-        service.add_argument(
-            "--kafka",
-            default=None,
-            help="bootstrap servers HOST:PORT (default: an in-process broker, for local runs)",
-        )
+        _kafka_arguments(service, None)
 
-    bank = commands.add_parser("bank", help="manage banks").add_subparsers(
-        dest="action", required=True
+    bank_parser = commands.add_parser(
+        "bank",
+        help="run a bank (bank --code 001 ...), or admit one to CodePix (bank add CODE NAME)",
+        description="Without a subcommand: run one bank (web UI, API, Kafka worker).",
     )
+    from examples.codepix.bank.process import add_arguments
+
+    add_arguments(bank_parser)
+    _kafka_arguments(bank_parser, os.environ.get("KAFKA_BOOTSTRAP"))
+    bank = bank_parser.add_subparsers(dest="action", required=False)
     bank_add = bank.add_parser("add", help="admit a bank")
     bank_add.add_argument("code")
     bank_add.add_argument("name")
@@ -91,12 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     key_find = key.add_parser("find", help="look a key up")
     key_find.add_argument("kind")
     key_find.add_argument("key")
+
+    demo = commands.add_parser("demo", help="CodePix and two banks in one process, with outages")
+    demo.add_argument("--transfers", type=int, default=12, help="how many transfers to send")
+    demo.add_argument("--workdir", default=None, help="keep the SQLite files here")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     """Run one command; operator commands print JSON and return 0, or 2 with the domain error."""
     args = build_parser().parse_args(argv)
+    if args.command == "bank" and args.action is None:
+        from examples.codepix.bank.process import run
+
+        return run(args)
+    if args.command == "demo":
+        from examples.codepix.demo import run_demo
+
+        return run_demo(transfers=args.transfers, workdir=args.workdir, out=out)
     engine = create_engine(args.db)
     try:
         create_schema(engine)
@@ -168,7 +208,9 @@ def _worker(args: argparse.Namespace, engine: Any, uow: Any) -> Any:
     from .messaging import GROUP, CodePixWorker, kafka_endpoints
 
     if args.kafka:
-        subscribe, publisher = kafka_endpoints(args.kafka)
+        subscribe, publisher = kafka_endpoints(
+            {"bootstrap.servers": args.kafka, **dict(args.kafka_config or ())}
+        )
         return CodePixWorker(engine, uow, subscribe(), publisher)
     from resilience.messaging import InMemoryBroker
 

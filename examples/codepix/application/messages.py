@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from typing_extensions import TypedDict  # pydantic (the docs catalogue) needs it before 3.12
+
 from examples.codepix.domain import InvalidInputError, Transaction
 
 TRANSACTIONS_TOPIC: Final = "transactions"
@@ -29,6 +31,71 @@ REQUESTED: Final = "transaction.requested"
 CONFIRMED: Final = "transaction.confirmed"
 COMPLETED: Final = "transaction.completed"
 FAILED: Final = "transaction.failed"
+
+
+class TransferRequestPayload(TypedDict):
+    """``transaction.requested`` from the origin bank to CodePix (topic ``transactions``)."""
+
+    id: str
+    account_id: str
+    amount_cents: int
+    pix_key_kind: str
+    pix_key: str
+    description: str
+
+
+class StatusReportPayload(TypedDict):
+    """``transaction.confirmed`` / ``.completed`` from a bank to CodePix."""
+
+    id: str
+
+
+class AccountRef(TypedDict):
+    """The origin side of a forwarded transfer."""
+
+    bank_code: str
+    account_id: str
+    account_number: str
+    owner_name: str
+
+
+class KeyRef(TypedDict):
+    """The destination side of a forwarded transfer."""
+
+    bank_code: str
+    account_id: str
+    pix_key_kind: str
+    pix_key: str
+
+
+# ``transaction.requested`` from CodePix to the destination bank (``bank<code>``).
+# The functional form, because one field is called "from".
+ForwardedTransferPayload = TypedDict(
+    "ForwardedTransferPayload",
+    {
+        "id": str,
+        "status": str,
+        "amount_cents": int,
+        "description": str,
+        "from": AccountRef,
+        "to": KeyRef,
+    },
+)
+
+
+class StatusPayload(TypedDict):
+    """``transaction.confirmed`` / ``.completed`` from CodePix to a bank."""
+
+    id: str
+    status: str
+
+
+class FailedPayload(TypedDict):
+    """``transaction.failed`` from CodePix to the origin bank: the transfer will not happen."""
+
+    id: str
+    status: str
+    reason: str
 
 
 class MalformedMessageError(InvalidInputError):
@@ -75,7 +142,7 @@ class StatusUpdate:
         return cls(message_id=message_id, id=_string(_object(payload), "id"))
 
 
-def transfer_payload(transaction: Transaction) -> dict[str, Any]:
+def transfer_payload(transaction: Transaction) -> ForwardedTransferPayload:
     """The JSON body describing *transaction* to a bank."""
     source = transaction.account_from
     return {

@@ -32,6 +32,8 @@ from .messages import (
     CONFIRMED,
     FAILED,
     REQUESTED,
+    FailedPayload,
+    StatusPayload,
     StatusUpdate,
     TransferRequest,
     transfer_payload,
@@ -169,7 +171,7 @@ class RegisterTransaction:
                         bank_code=origin.bank.code,
                         type=FAILED,
                         key=request.id,
-                        payload={"id": request.id, "status": "error", "reason": reason},
+                        payload=FailedPayload(id=request.id, status="error", reason=reason),
                     )
                 )
                 uow.commit()
@@ -219,7 +221,7 @@ class _StatusChange:
                     bank_code=self._notify(moved),
                     type=self.message_type,
                     key=moved.id,
-                    payload={"id": moved.id, "status": str(moved.status)},
+                    payload=StatusPayload(id=moved.id, status=str(moved.status)),
                 )
             )
             uow.commit()

@@ -82,6 +82,25 @@ def test_status_codes(stub: Any) -> None:
     assert find(stub, "cpf", "52998224725").account.id == "acc-ann"
 
 
+def open_account(stub: Any, bank_code: str, account_id: str, owner: str = "Dee") -> Any:
+    return stub.OpenAccount(
+        codepix_pb2.OpenAccountRequest(
+            bank_code=bank_code, account_id=account_id, number="3001", owner_name=owner
+        ),
+        timeout=10,
+    )
+
+
+def test_open_account_lets_a_bank_announce_its_accounts(stub: Any) -> None:
+    opened = open_account(stub, "002", "acc-dee")
+    assert (opened.id, opened.bank.code, opened.bank.name) == ("acc-dee", "002", "Banco Dois")
+    assert register(stub, "email", "dee@example.com", "acc-dee").account.id == "acc-dee"
+    assert code_of(open_account, stub, "002", "acc-dee") == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(open_account, stub, "777", "acc-x") == grpc.StatusCode.NOT_FOUND
+    assert code_of(open_account, stub, "7", "acc-x") == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(open_account, stub, "002", "", "Eve") == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_concurrent_registration_of_one_key_has_exactly_one_owner(target: str) -> None:
     """Two banks race for the same keys over separate channels: one wins each key."""
     keys = [str(uuid.uuid4()) for _ in range(15)]
@@ -134,7 +153,7 @@ def test_reflection_lists_and_describes_the_service(target: str) -> None:
         from google.protobuf.descriptor_pool import DescriptorPool
 
         service = DescriptorPool(database).FindServiceByName(SERVICE_NAME)
-        assert {m.name for m in service.methods} == {"RegisterPixKey", "Find"}
+        assert {m.name for m in service.methods} == {"RegisterPixKey", "Find", "OpenAccount"}
 
 
 class _SlowUnitOfWork:

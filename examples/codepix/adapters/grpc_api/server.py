@@ -22,8 +22,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from examples.codepix.application import FindPixKey, RegisterPixKey, UnitOfWorkFactory
+from examples.codepix.application import (
+    FindPixKey,
+    OpenAccount,
+    RegisterPixKey,
+    UnitOfWorkFactory,
+)
 from examples.codepix.domain import (
+    Account,
     AlreadyExistsError,
     CodePixError,
     InvalidInputError,
@@ -67,18 +73,21 @@ def _caller_seconds(context: grpc.ServicerContext) -> float | None:
     )
 
 
+def _account_proto(account: Account) -> codepix_pb2.Account:
+    return codepix_pb2.Account(
+        id=account.id,
+        number=account.number,
+        owner_name=account.owner_name,
+        bank=codepix_pb2.Bank(code=account.bank.code, name=account.bank.name),
+    )
+
+
 def _to_proto(pix_key: PixKey) -> codepix_pb2.PixKeyInfo:
-    account = pix_key.account
     return codepix_pb2.PixKeyInfo(
         kind=str(pix_key.kind),
         key=pix_key.key,
         status=str(pix_key.status),
-        account=codepix_pb2.Account(
-            id=account.id,
-            number=account.number,
-            owner_name=account.owner_name,
-            bank=codepix_pb2.Bank(code=account.bank.code, name=account.bank.name),
-        ),
+        account=_account_proto(pix_key.account),
     )
 
 
@@ -88,6 +97,7 @@ class PixServicer(codepix_pb2_grpc.PixServiceServicer):
     def __init__(self, uow: UnitOfWorkFactory) -> None:
         self._register = RegisterPixKey(uow)
         self._find = FindPixKey(uow)
+        self._open = OpenAccount(uow)
 
     @contextmanager
     def _call(self, context: grpc.ServicerContext) -> Iterator[None]:
@@ -111,6 +121,19 @@ class PixServicer(codepix_pb2_grpc.PixServiceServicer):
     ) -> codepix_pb2.PixKeyInfo:
         with self._call(context):
             return _to_proto(self._find(request.kind, request.key))
+        raise AssertionError("unreachable")  # pragma: no cover - _call aborts
+
+    def OpenAccount(
+        self, request: codepix_pb2.OpenAccountRequest, context: grpc.ServicerContext
+    ) -> codepix_pb2.Account:
+        with self._call(context):
+            account = self._open(
+                bank_code=request.bank_code,
+                account_id=request.account_id,
+                number=request.number,
+                owner_name=request.owner_name,
+            )
+            return _account_proto(account)
         raise AssertionError("unreachable")  # pragma: no cover - _call aborts
 
 

@@ -5,8 +5,17 @@ from .worker import (
     TOPICS,
     CodePixWorker,
     MessageHandler,
+    Worker,
     WorkerOptions,
     kafka_endpoints,
 )
 
-__all__ = ["GROUP", "TOPICS", "CodePixWorker", "MessageHandler", "WorkerOptions", "kafka_endpoints"]
+__all__ = [
+    "GROUP",
+    "TOPICS",
+    "CodePixWorker",
+    "MessageHandler",
+    "Worker",
+    "WorkerOptions",
+    "kafka_endpoints",
+]

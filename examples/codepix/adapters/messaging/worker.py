@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import sqlalchemy as sa
 
@@ -38,8 +38,15 @@ from examples.codepix.application import (
     UnitOfWorkFactory,
 )
 from resilience import ConfigurationError
-from resilience.messaging import Consumer, Message, Publisher, RetryBackoff, Subscription
-from resilience.outbox import Backoff, Relay, RelayOptions
+from resilience.messaging import (
+    Consumer,
+    Message,
+    Publisher,
+    RetryBackoff,
+    Router,
+    Subscription,
+)
+from resilience.outbox import Backoff, Outbox, Relay, RelayOptions
 
 TOPICS: Final = (TRANSACTIONS_TOPIC, CONFIRMATIONS_TOPIC)
 GROUP: Final = "codepix"
@@ -95,8 +102,73 @@ class WorkerOptions:
             raise ConfigurationError("poll_timeout", "must be > 0 seconds")
 
 
-class CodePixWorker:
-    """The asynchronous half of CodePix: a consumer thread and a relay thread.
+class Worker:
+    """A consumer thread and an outbox relay thread: the asynchronous half of a service.
+
+    CodePix and the banks run the same pair; only the handler, the outbox and
+    the names differ.
+
+    Args:
+        engine: the database holding the service's tables, outbox and inbox.
+        outbox: where the service's handlers write outgoing messages.
+        subscription: where incoming messages come from (Kafka or in-memory).
+        handler: applies one message (idempotently: it records the inbox row).
+        publisher: where outbox rows go.
+        options: `WorkerOptions`.
+        name: for telemetry and thread names.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        outbox: Outbox,
+        subscription: Subscription,
+        *,
+        handler: Callable[[Message], object],
+        publisher: Publisher,
+        options: WorkerOptions | None = None,
+        name: str,
+    ) -> None:
+        opts = options or WorkerOptions()
+        self.name = name
+        self.consumer = Consumer(
+            subscription,
+            handler,
+            name=name,
+            backoff=opts.backoff,
+            dead_letter_after=opts.dead_letter_after,
+            permanent_errors=PERMANENT_ERRORS,
+            poll_timeout=opts.poll_timeout,
+        )
+        self.relay = Relay(engine, outbox, publisher, options=opts.relay)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Start the relay and the consumer in background threads."""
+        self.relay.start()
+        self._thread = threading.Thread(
+            target=self.consumer.run, args=(self._stop,), name=f"{self.name}-consumer", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the message in hand, ack it, close the subscription, stop the relay."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.relay.stop(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class CodePixWorker(Worker):
+    """CodePix's worker: bank messages in (`MessageHandler`), ``bank<code>`` topics out.
 
     Args:
         engine: the database holding CodePix's tables, outbox and inbox.
@@ -114,50 +186,30 @@ class CodePixWorker:
         publisher: Publisher,
         options: WorkerOptions | None = None,
     ) -> None:
-        opts = options or WorkerOptions()
-        self.consumer = Consumer(
+        super().__init__(
+            engine,
+            OUTBOX,
             subscription,
-            MessageHandler(uow),
+            handler=MessageHandler(uow),
+            publisher=publisher,
+            options=options,
             name="codepix",
-            backoff=opts.backoff,
-            dead_letter_after=opts.dead_letter_after,
-            permanent_errors=PERMANENT_ERRORS,
-            poll_timeout=opts.poll_timeout,
         )
-        self.relay = Relay(engine, OUTBOX, publisher, options=opts.relay)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> CodePixWorker:
-        """Start the relay and the consumer in background threads."""
-        self.relay.start()
-        self._thread = threading.Thread(
-            target=self.consumer.run, args=(self._stop,), name="codepix-consumer", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the message in hand, ack it, close the subscription, stop the relay."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.relay.stop(timeout)
-
-    def __enter__(self) -> CodePixWorker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def kafka_endpoints(
-    bootstrap: str | Mapping[str, Any], *, group: str = GROUP
+    bootstrap: str | Mapping[str, Any],
+    *,
+    group: str = GROUP,
+    topics: tuple[str, ...] = TOPICS,
+    router: Router = ROUTER,
+    source: str = "codepix",
 ) -> tuple[Callable[[], Subscription], Publisher]:
     """A subscription factory and a publisher for a Kafka cluster.
 
     *bootstrap* is ``"host:9092"`` or a librdkafka consumer config (e.g. with
-    faster group joins); the publisher reuses its connection settings.
+    faster group joins); the publisher reuses its connection settings. The
+    defaults are CodePix's; a bank passes its own topic, group and router.
     """
     from resilience.messaging import KafkaPublisher, KafkaSubscription
 
@@ -167,6 +219,6 @@ def kafka_endpoints(
         k: v for k, v in config.items() if k.startswith(("bootstrap.", "security.", "sasl."))
     }
     return (
-        lambda: KafkaSubscription(config, TOPICS, group),
-        KafkaPublisher(producer, router=ROUTER, source="codepix"),
+        lambda: KafkaSubscription(config, topics, group),
+        KafkaPublisher(producer, router=router, source=source),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,29 +72,26 @@ class SqlInbox:
         return self._inbox.record(self._session, consumer, message_id)
 
 
-class SqlUnitOfWork:
-    """A `UnitOfWork` over a SQLAlchemy Session.
+class SessionUnitOfWork:
+    """One SQLAlchemy Session, one transaction: the part every unit of work shares.
 
-    `commit` refuses to commit once the caller's deadline (`resilience.policies.deadline`)
-    has passed: a gRPC client that gave up must not find its key registered
-    anyway after it retried elsewhere.
+    Subclasses bind their repositories to the session in `_bind`. Leaving the
+    ``with`` block without `commit` rolls back. `commit` refuses to commit once
+    the caller's deadline (`resilience.policies.deadline`) has passed: a
+    client that gave up must not find its change made anyway after it retried.
     """
 
     def __init__(self, sessions: Callable[[], Session]) -> None:
         self._sessions = sessions
         self._session: Session | None = None
 
-    def __enter__(self) -> UnitOfWork:
+    def _bind(self, session: Session) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         session = self._session = self._sessions()
         session.begin()
-        accounts, pix_keys = SqlAccounts(session), SqlPixKeys(session)
-        # Annotated with the ports: mypy checks each adapter satisfies its Protocol.
-        self.banks: BankRepository = SqlBanks(session)
-        self.accounts: AccountRepository = accounts
-        self.pix_keys: PixKeyRepository = pix_keys
-        self.transactions: TransactionRepository = SqlTransactions(session, pix_keys, accounts)
-        self.messages: MessageSink = OutboxSink(session)
-        self.inbox: InboxPort = SqlInbox(session)
+        self._bind(session)
         return self
 
     def commit(self) -> None:
@@ -112,6 +109,20 @@ class SqlUnitOfWork:
         if session is not None:
             session.rollback()  # no-op after commit
             session.close()
+
+
+class SqlUnitOfWork(SessionUnitOfWork):
+    """CodePix's `UnitOfWork`: its repositories, outbox and inbox on one Session."""
+
+    def _bind(self, session: Session) -> None:
+        accounts, pix_keys = SqlAccounts(session), SqlPixKeys(session)
+        # Annotated with the ports: mypy checks each adapter satisfies its Protocol.
+        self.banks: BankRepository = SqlBanks(session)
+        self.accounts: AccountRepository = accounts
+        self.pix_keys: PixKeyRepository = pix_keys
+        self.transactions: TransactionRepository = SqlTransactions(session, pix_keys, accounts)
+        self.messages: MessageSink = OutboxSink(session)
+        self.inbox: InboxPort = SqlInbox(session)
 
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:

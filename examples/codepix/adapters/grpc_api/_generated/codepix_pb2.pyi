@@ -23,6 +23,18 @@ class FindPixKeyRequest(_message.Message):
     key: str
     def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
+class OpenAccountRequest(_message.Message):
+    __slots__ = ("bank_code", "account_id", "number", "owner_name")
+    BANK_CODE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NAME_FIELD_NUMBER: _ClassVar[int]
+    bank_code: str
+    account_id: str
+    number: str
+    owner_name: str
+    def __init__(self, bank_code: _Optional[str] = ..., account_id: _Optional[str] = ..., number: _Optional[str] = ..., owner_name: _Optional[str] = ...) -> None: ...
+
 class Bank(_message.Message):
     __slots__ = ("code", "name")
     CODE_FIELD_NUMBER: _ClassVar[int]

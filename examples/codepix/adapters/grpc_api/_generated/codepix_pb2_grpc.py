@@ -44,6 +44,11 @@ class PixServiceStub:
                 request_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.FindPixKeyRequest.SerializeToString,
                 response_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.PixKeyInfo.FromString,
                 _registered_method=True)
+        self.OpenAccount = channel.unary_unary(
+                '/codepix.v1.PixService/OpenAccount',
+                request_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.OpenAccountRequest.SerializeToString,
+                response_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.Account.FromString,
+                _registered_method=True)
 
 
 class PixServiceServicer:
@@ -64,6 +69,14 @@ class PixServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenAccount(self, request, context):
+        """Make a bank's account known so keys can point at it. ALREADY_EXISTS if the id is
+        taken, NOT_FOUND for a bank CodePix has not admitted, INVALID_ARGUMENT for bad fields.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PixServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_PixServiceServicer_to_server(servicer, server):
                     servicer.Find,
                     request_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.FindPixKeyRequest.FromString,
                     response_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.PixKeyInfo.SerializeToString,
+            ),
+            'OpenAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenAccount,
+                    request_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.OpenAccountRequest.FromString,
+                    response_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.Account.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class PixService:
             '/codepix.v1.PixService/Find',
             examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.FindPixKeyRequest.SerializeToString,
             examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.PixKeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codepix.v1.PixService/OpenAccount',
+            examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.OpenAccountRequest.SerializeToString,
+            examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.Account.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,7 +35,11 @@ class _Redis:
         self.prefix = _prefix()
         self.counter = itertools.count()
 
+        self.store: Any = None
+
     def cleanup(self) -> None:
+        if self.store is not None:
+            self.store.close()
         keys = list(self.client.scan_iter(match=f"{self.prefix}*", count=1000))
         keys += list(self.client.scan_iter(match="*bench_idem_pt*", count=1000))
         for start in range(0, len(keys), 500):
@@ -57,7 +61,7 @@ def _ours(ctx: Context, replay: bool) -> Any:
     from resilience.idempotency import RedisStore, idempotent
 
     r = _Redis(ctx.redis_url())
-    store = RedisStore(r.client, prefix=r.prefix)
+    store = r.store = RedisStore(r.client, prefix=r.prefix)
 
     @idempotent(store, key="order_id", ttl=600, heartbeat=True)
     def charge(order_id: str, amount: int) -> dict[str, Any]:
@@ -211,7 +215,7 @@ def groups(ctx: Context) -> list[Group]:
                     setup=lambda: _ours(ctx, replay=False),
                     requires=("redis",),
                     teardown=_teardown,
-                    note="2 round trips: SET NX GET claims, a short script completes",
+                    note="2 round trips: SET NX GET + WATCH claims, MULTI/SET/EXEC completes",
                 ),
                 Case(
                     PT_NEW,

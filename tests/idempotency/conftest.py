@@ -1,7 +1,8 @@
-"""Store factories for the idempotency tests: memory, and the real Redis, PostgreSQL and SQLite."""
+"""Store factories for the idempotency tests: memory, and real Redis, PostgreSQL, SQLite, MariaDB."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,13 +13,44 @@ from resilience.idempotency import MemoryStore, RedisStore, SqlStore, idempotenc
 
 StoreFactory = Callable[[], Any]
 
+MARIADB_URL = os.environ.get("MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """SQLAlchemy URL of the MariaDB/MySQL test database (tables are per test, dropped after)."""
+    import importlib.util
+
+    import sqlalchemy as sa
+
+    in_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+    reason = ""
+    if importlib.util.find_spec("pymysql") is None:
+        reason = "the pymysql driver is not installed"
+    else:
+        engine = sa.create_engine(MARIADB_URL)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa.exc.OperationalError as exc:
+            reason = f"MariaDB at {MARIADB_URL} is not reachable: {exc.orig}"
+        finally:
+            engine.dispose()
+    if reason:
+        if in_ci:
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    return MARIADB_URL
+
 
 def sql_engine(url: str) -> Any:
     import sqlalchemy as sa
 
     if url.startswith("sqlite"):
         return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_size=20, max_overflow=80)
+    return sa.create_engine(
+        url, pool_size=20, max_overflow=80, pool_pre_ping=url.startswith("mysql")
+    )
 
 
 @pytest.fixture
@@ -42,7 +74,7 @@ def make_sql_store() -> Iterator[Callable[[str], SqlStore]]:
         store.engine.dispose()
 
 
-@pytest.fixture(params=["memory", "redis", "postgres", "sqlite"])
+@pytest.fixture(params=["memory", "redis", "postgres", "sqlite", "mariadb"])
 def store(request: pytest.FixtureRequest, make_sql_store: Callable[[str], SqlStore]) -> Any:
     """Every store the library ships, each against its real backend."""
     kind = request.param
@@ -53,10 +85,12 @@ def store(request: pytest.FixtureRequest, make_sql_store: Callable[[str], SqlSto
         return RedisStore(client, prefix=request.getfixturevalue("redis_prefix"))
     if kind == "postgres":
         return make_sql_store(request.getfixturevalue("postgres_url"))
+    if kind == "mariadb":
+        return make_sql_store(request.getfixturevalue("mariadb_url"))
     return make_sql_store(request.getfixturevalue("sqlite_url"))
 
 
-@pytest.fixture(params=["redis", "postgres", "sqlite"])
+@pytest.fixture(params=["redis", "postgres", "sqlite", "mariadb"])
 def server_store(request: pytest.FixtureRequest, make_sql_store: Callable[[str], SqlStore]) -> Any:
     """The stores judged by a server's clock (not the caller's)."""
     kind = request.param
@@ -65,4 +99,6 @@ def server_store(request: pytest.FixtureRequest, make_sql_store: Callable[[str],
         return RedisStore(client, prefix=request.getfixturevalue("redis_prefix"))
     if kind == "postgres":
         return make_sql_store(request.getfixturevalue("postgres_url"))
+    if kind == "mariadb":
+        return make_sql_store(request.getfixturevalue("mariadb_url"))
     return make_sql_store(request.getfixturevalue("sqlite_url"))

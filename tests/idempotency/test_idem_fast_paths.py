@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -99,8 +100,8 @@ def counting(redis_client: Any, redis_prefix: str) -> tuple[RedisStore, _Countin
     return store, client
 
 
-def test_redis_round_trips(counting: tuple[RedisStore, _Counting]) -> None:
-    store, client = counting
+def test_redis_round_trips_through_a_wrapped_client(counting: tuple[RedisStore, _Counting]) -> None:
+    store, client = counting  # not a redis.Redis: the generic path, scripts for settling
     assert store.claim("k", FP, "t1", 30, 60) == Claimed("t1")
     assert client.sent == ["SET"]  # a new key: one plain command, no script
     store.complete("k", "t1", "r1", 60)
@@ -113,6 +114,112 @@ def test_redis_round_trips(counting: tuple[RedisStore, _Counting]) -> None:
     store.claim("busy", FP, "t1", 30, 60)
     assert isinstance(store.claim("busy", FP, "t2", 30, 60), InProgress)
     assert client.sent == ["SET", "SET", "EVALSHA"]  # only a running key asks the script
+
+
+@pytest.fixture
+def batches(
+    redis_client: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RedisStore, list[list[str]]]]:
+    """A store on a real redis.Redis, recording each round trip's command names."""
+    from resilience.idempotency import _redis
+
+    sent: list[list[str]] = []
+    exchange = _redis._Direct.exchange
+
+    def record(self: Any, conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        sent.append([str(c[0]) for c in commands])
+        return exchange(self, conn, commands)
+
+    monkeypatch.setattr(_redis._Direct, "exchange", record)
+    store = RedisStore(redis_client, prefix=redis_prefix)
+    assert store._direct is not None
+    yield store, sent
+    store.close()
+
+
+def test_redis_round_trips(batches: tuple[RedisStore, list[list[str]]]) -> None:
+    store, sent = batches
+    assert store.claim("k", FP, "t1", 30, 60) == Claimed("t1")
+    store.complete("k", "t1", "r1", 60)
+    # a new key: two round trips and no script; the claim's WATCH fences the completion
+    assert sent == [["SET", "WATCH"], ["MULTI", "SET", "EXEC"]]
+    sent.clear()
+    assert store.claim("k", FP, "t2", 30, 60) == Completed("r1")
+    assert store.claim("k", OTHER_FP, "t3", 30, 60) == Mismatch()
+    # replay and mismatch: one round trip each; a connection left watching says UNWATCH first
+    assert [b[-2] for b in sent] == ["SET", "SET"]
+    sent.clear()
+    store.claim("busy", FP, "t1", 30, 60)
+    assert isinstance(store.claim("busy", FP, "t2", 30, 60), InProgress)
+    assert [b[-1] for b in sent] == [
+        "WATCH",
+        "WATCH",
+        "EVALSHA",
+    ]  # only a running key asks the script
+    sent.clear()
+    store.checkpoint("busy", "t1", "step", "1")
+    store.complete("busy", "t1", "r", 60)
+    assert [b[-1] for b in sent] == ["EVALSHA", "EVALSHA"]  # a checkpoint moved the record: script
+    store.claim("gone", FP, "t1", 30, 60)
+    store.release("gone", "t1")
+    assert sent[-1] == ["MULTI", "DEL", "EXEC"]
+    assert store.claim("gone", OTHER_FP, "t2", 30, 60) == Claimed("t2")
+
+
+def test_redis_completion_never_overwrites_a_takeover(redis_client: Any, redis_prefix: str) -> None:
+    store = RedisStore(redis_client, prefix=redis_prefix)
+    other = RedisStore(redis_client, prefix=redis_prefix)
+    try:
+        store.claim("k", FP, "t1", 0.2, 60)
+        time.sleep(0.3)  # the lease lapses on the server's clock
+        assert other.claim("k", FP, "t2", 30, 60) == Claimed("t2")
+        with pytest.raises(IdempotencyLeaseLostError):
+            store.complete("k", "t1", "late", 60)  # EXEC refuses; the script confirms
+        other.complete("k", "t2", "mine", 60)
+        assert store.claim("k", FP, "t3", 30, 60) == Completed("mine")
+        # lapsed and nobody claimed: still refused, the key is free again
+        store.claim("k2", FP, "t1", 0.2, 60)
+        time.sleep(0.3)
+        with pytest.raises(IdempotencyLeaseLostError):
+            store.complete("k2", "t1", "late", 60)
+        assert store.claim("k2", OTHER_FP, "t4", 30, 60) == Claimed("t4")
+    finally:
+        store.close()
+        other.close()
+
+
+def test_redis_completion_is_retry_safe_and_survives_a_dropped_connection(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    store = RedisStore(redis_client, prefix=redis_prefix)
+    try:
+        store.claim("k", FP, "t1", 30, 60)
+        direct = store._direct
+        assert direct is not None
+        direct.held["t1"].conn.disconnect()  # the claim's connection dies while the call runs
+        store.complete("k", "t1", "r1", 60)  # the fenced script completes on a fresh one
+        store.complete("k", "t1", "r1", 60)  # a resent completion (lost reply) succeeds too
+        assert store.claim("k", FP, "t2", 30, 60) == Completed("r1")
+        with pytest.raises(IdempotencyLeaseLostError):
+            store.complete("k", "t2", "r2", 60)  # but nobody else's token completes it
+    finally:
+        store.close()
+
+
+def test_redis_watch_never_leaks_into_the_clients_pool(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    store = RedisStore(redis_client, prefix=redis_prefix)
+    try:
+        store.claim("k", FP, "t1", 30, 60)
+        store.complete("k", "t1", "r1", 60)
+        assert store.claim("k", FP, "t2", 30, 60) == Completed("r1")  # leaves a WATCH behind
+        redis_client.set(store.redis_key("k"), "x", xx=True, keepttl=True)
+        pipe = redis_client.pipeline(transaction=True)  # the application's own transaction
+        pipe.set(redis_prefix + "app", "1").get(redis_prefix + "app")
+        assert pipe.execute() == [True, b"1"]
+    finally:
+        store.close()
 
 
 def test_redis_crashed_owner_without_checkpoints_frees_the_key_at_lease_end(
@@ -174,14 +281,25 @@ def test_redis_rejects_newlines_in_tokens_and_fingerprints(
         store.claim("k", FP, "t\n1", 30, 60)
 
 
-def test_redis_reloads_a_flushed_script(redis_client: Any, redis_prefix: str) -> None:
+def test_redis_reloads_a_flushed_script(
+    redis_client: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resilience.idempotency import _redis
+
+    # As if SCRIPT FLUSH had run: the server knows no script by these names.
+    monkeypatch.setattr(_redis, "_SHA", dict.fromkeys(_redis._SHA, "0" * 40))
     store = RedisStore(redis_client, prefix=redis_prefix)
-    store.claim("k", FP, "t1", 30, 60)
-    real = store._complete.sha
-    store._complete.sha = "0" * 40  # as if SCRIPT FLUSH had run: the server has no such script
-    store.complete("k", "t1", "r1", 60)
-    assert store._complete.sha == real
-    assert store.claim("k", FP, "t2", 30, 60) == Completed("r1")
+    wrapped = RedisStore(_Counting(redis_client), prefix=redis_prefix)  # type: ignore[arg-type]
+    try:
+        for s, key in ((store, "k"), (wrapped, "w")):
+            s.claim(key, FP, "t1", 30, 60)
+            s.checkpoint(key, "t1", "step", "1")  # a script, so completion takes one too
+            s.complete(key, "t1", "r1", 60)
+            assert s.claim(key, FP, "t2", 30, 60) == Completed("r1")
+            s.claim(key + "busy", FP, "t1", 30, 60)
+            assert isinstance(s.claim(key + "busy", FP, "t2", 30, 60), InProgress)
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -321,7 +439,7 @@ def test_keeper_renews_leases_added_after_it_went_idle(monkeypatch: pytest.Monke
             time.sleep(0.01)
         assert name in beats
 
-    first = _heartbeat.Lease(lambda: beats.append("first"), 0.05)
+    first = _heartbeat.Lease(lambda: beats.append("first"), 0.05, 0.15, time.monotonic())
     keeper.add(first)
     wait_for("first")
     keeper.remove(first)
@@ -329,7 +447,7 @@ def test_keeper_renews_leases_added_after_it_went_idle(monkeypatch: pytest.Monke
     while keeper._wake_at != float("inf") and time.monotonic() < deadline:  # sleeps until an add
         time.sleep(0.01)
     assert keeper._wake_at == float("inf")
-    slow = _heartbeat.Lease(lambda: beats.append("slow"), 0.2)
+    slow = _heartbeat.Lease(lambda: beats.append("slow"), 0.2, 0.6, time.monotonic())
     keeper.add(slow)  # must wake the idle thread, or this lease would never be renewed
     wait_for("slow")
     keeper.remove(slow)

@@ -13,6 +13,7 @@ import pytest
 
 from resilience import ConfigurationError
 from resilience.idempotency import IdempotencyMiddleware, MemoryStore, RedisStore
+from resilience.idempotency._store import as_async_store
 from resilience.testing import free_port
 
 pytestmark = pytest.mark.integration  # uvicorn on loopback
@@ -63,6 +64,19 @@ class Server:
         async def read(request: Request) -> Response:
             return JSONResponse({"n": count("read")})
 
+        class Parts:
+            """A raw ASGI endpoint: a sized response sent in three chunks."""
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                n = count("parts")
+                chunks = [b'{"part":', str(n).encode(), b"}"]
+                length = str(sum(map(len, chunks))).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+                await send({"type": "http.response.start", "status": 201, "headers": headers})
+                for i, chunk in enumerate(chunks):
+                    more = i < len(chunks) - 1
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
         app = Starlette(
             routes=[
                 Route("/charge", charge, methods=["POST", "GET"]),
@@ -71,6 +85,7 @@ class Server:
                 Route("/declined", declined, methods=["POST"]),
                 Route("/stream", stream, methods=["POST"]),
                 Route("/other", read, methods=["POST"]),
+                Route("/parts", Parts(), methods=["POST"]),
             ]
         )
         self.port = free_port()
@@ -123,6 +138,62 @@ def http_store(request: pytest.FixtureRequest) -> Iterator[Any]:
     request.getfixturevalue("redis_client")  # ensures the server is up
     client = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
     yield RedisStore(async_client=client, prefix=request.getfixturevalue("redis_prefix"))
+
+
+class SlowCompletion:
+    """A real store whose completion takes a while: a wide window after the app answered."""
+
+    def __init__(self, store: Any, delay: float) -> None:
+        self.store = as_async_store(store)
+        self.delay = delay
+
+    async def aclaim(self, key: str, fp: str, token: str, lease_ttl: float, ttl: float) -> Any:
+        return await self.store.aclaim(key, fp, token, lease_ttl, ttl)
+
+    async def acomplete(self, key: str, token: str, payload: str, ttl: float) -> None:
+        await asyncio.sleep(self.delay)
+        await self.store.acomplete(key, token, payload, ttl)
+
+    async def arelease(self, key: str, token: str) -> None:
+        await self.store.arelease(key, token)
+
+    async def arenew(self, key: str, token: str, lease_ttl: float) -> None:
+        await self.store.arenew(key, token, lease_ttl)
+
+    async def acheckpoint(self, key: str, token: str, name: str, data: str) -> None:
+        await self.store.acheckpoint(key, token, name, data)
+
+    @property
+    def _aclient(self) -> Any:  # the test server closes the async Redis client at shutdown
+        return getattr(self.store, "_aclient", None)
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def slow_store(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "sqlite":
+        make = request.getfixturevalue("make_sql_store")
+        yield SlowCompletion(make(request.getfixturevalue("sqlite_url")), 0.3)
+        return
+    import redis.asyncio
+
+    request.getfixturevalue("redis_client")
+    client = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+    store = RedisStore(async_client=client, prefix=request.getfixturevalue("redis_prefix"))
+    yield SlowCompletion(store, 0.3)
+
+
+@pytest.mark.parametrize("path", ["/charge", "/parts"])
+def test_a_retry_sent_as_the_response_arrives_is_replayed(slow_store: Any, path: str) -> None:
+    """The response is stored before its last chunk leaves, so no retry can see a 409."""
+    server = Server(slow_store)
+    with server as http:
+        headers = {"Idempotency-Key": "quick"}
+        first = http.post(path, json={"amount": 5}, headers=headers)
+        again = http.post(path, json={"amount": 5}, headers=headers)  # no pause at all
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert sum(server.calls.values()) == 1
 
 
 def test_replays_the_first_response(http_store: Any) -> None:

@@ -13,11 +13,9 @@ from resilience.idempotency import canonical_json, current_idempotency, fingerpr
 pytestmark = pytest.mark.integration  # concurrent transactions on real databases
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", "sqlite", "mariadb"])
 def sql_url(request: pytest.FixtureRequest) -> str:
-    return str(
-        request.getfixturevalue("postgres_url" if request.param == "postgres" else "sqlite_url")
-    )
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 def test_completion_commits_and_rolls_back_with_the_business_transaction(

@@ -173,11 +173,11 @@ def test_redis_corrupted_records(redis_client: Any, redis_prefix: str) -> None:
         store.claim("noresult", FP, "t", 30, 60)
 
 
-@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+@pytest.mark.parametrize("backend", ["postgres", "sqlite", "mariadb"])
 def test_sql_corrupted_records(
     backend: str, request: pytest.FixtureRequest, make_sql_store: Any
 ) -> None:
-    url = request.getfixturevalue("postgres_url" if backend == "postgres" else "sqlite_url")
+    url = request.getfixturevalue(f"{backend}_url")
     store: SqlStore = make_sql_store(url)
     store.claim("badstate", FP, "t1", 30, 60)
     store.claim("badcp", FP, "t1", 0.05, 60)
@@ -193,8 +193,11 @@ def test_sql_corrupted_records(
             store.claim(key, FP, "t2", 30, 60)
 
 
-def test_sql_purge_expired(sqlite_url: str, make_sql_store: Any) -> None:
-    store: SqlStore = make_sql_store(sqlite_url)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_sql_purge_expired(
+    backend: str, request: pytest.FixtureRequest, make_sql_store: Any
+) -> None:
+    store: SqlStore = make_sql_store(request.getfixturevalue(f"{backend}_url"))
     for i in range(7):
         store.claim(f"k{i}", FP, "t", 0.05, 0.05)
         store.complete(f"k{i}", "t", "r", 0.05)

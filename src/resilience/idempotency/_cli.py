@@ -14,10 +14,27 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add the ``idempotency`` command group to the ``resilience`` CLI."""
-    group = subparsers.add_parser("idempotency", help="operate idempotency records")
+    group = subparsers.add_parser(
+        "idempotency",
+        help="operate idempotency records",
+        description="Operate idempotency records kept in a SQL database (Redis expires its own).",
+        epilog="example:\n  resilience idempotency purge --url postgresql://app@db/payments",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = group.add_subparsers(title="idempotency commands", metavar="COMMAND")
     purge = commands.add_parser(
-        "purge", help="delete expired idempotency records from a SQL database"
+        "purge",
+        help="delete expired idempotency records from a SQL database",
+        description=(
+            "Delete records whose result TTL has passed, in batches so the table is never"
+            " locked for long. Run it from cron or a scheduler."
+        ),
+        epilog=(
+            "examples:\n"
+            "  resilience idempotency purge --url postgresql://app@db/payments\n"
+            "  resilience idempotency purge --url sqlite:///payments.db --table my_keys"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     purge.add_argument("--url", required=True, help="SQLAlchemy database URL")
     purge.add_argument("--table", default="resilience_idempotency", help="records table name")

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import functools
 import hashlib
 import json
 import uuid
@@ -50,7 +51,10 @@ __all__ = [
     "fingerprint",
     "fingerprint_fields",
     "flat_fingerprint",
+    "flat_fingerprinter",
+    "is_plain",
     "json_result",
+    "plain_json_result",
     "scoped_key",
 ]
 
@@ -127,36 +131,68 @@ def field_labels(names: Collection[str]) -> tuple[tuple[str, str], ...]:
     return tuple((name, _quote(name) + ":") for name in sorted(names))
 
 
-def flat_fingerprint(values: Any, plan: tuple[tuple[Any, str], ...]) -> str | None:
-    """`fingerprint` written without the JSON encoder, or None when that is not possible.
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _json_null(_value: None) -> str:
+    return "null"
+
+
+def _json_float(value: float) -> str:
+    if value - value == 0:
+        return float.__repr__(value)
+    raise ValueError("not finite")  # NaN and infinities take the encoder's path
+
+
+# Exact types only: subclasses (IntEnum, str subclasses…) take the encoder's path.
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _quote,
+    int: int.__repr__,
+    bool: _json_bool,
+    type(None): _json_null,
+    float: _json_float,
+}
+
+Plan = tuple[tuple[Any, str], ...]
+
+
+@functools.lru_cache(maxsize=512)
+def flat_fingerprinter(plan: Plan) -> Callable[[Any], str | None]:
+    """A function computing `fingerprint` without the JSON encoder, or None when it cannot.
 
     *plan* pairs, in canonical (sorted-name) order, where to find each field in
-    *values* (a name in a mapping, an index in a tuple) with its JSON label.
+    the values (a name in a mapping, an index in a tuple) with its JSON label.
     Flat fields of plain types (str, int, bool, None, finite float) are written
     straight into canonical JSON, byte for byte what `canonical_json` writes, so
     stored fingerprints stay valid. Anything else, or a field not found, is None.
+
+    The function is generated for the plan (one statement per field, the labels
+    baked into a ``%`` template): a generic loop over the plan cost as much as
+    the sha256 itself on the replay path.
     """
-    parts: list[str] = []
-    append = parts.append
-    for where, label in plan:
-        try:
-            value = values[where]
-        except (KeyError, IndexError):
-            return None
-        kind = type(value)
-        if kind is str:
-            append(label + _quote(value))
-        elif kind is int:
-            append(label + int.__repr__(value))
-        elif value is None:
-            append(label + "null")
-        elif kind is bool:
-            append(label + ("true" if value else "false"))
-        elif kind is float and value - value == 0:  # finite: NaN and infinities take the slow path
-            append(label + float.__repr__(value))
-        else:
-            return None
-    return hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()
+    template = "{" + ",".join(label.replace("%", "%%") + "%s" for _, label in plan) + "}"
+    reads = "".join(
+        f"        v{i} = _S[type(values[{where!r}])](values[{where!r}])\n"
+        for i, (where, _) in enumerate(plan)
+    )
+    names = "".join(f"v{i}, " for i in range(len(plan)))
+    source = (
+        "def flat(values):\n"
+        "    try:\n"
+        f"{reads or '        pass' + chr(10)}"
+        "    except (KeyError, IndexError, ValueError):\n"
+        "        return None\n"
+        f"    return _sha((_T % ({names})).encode()).hexdigest()\n"
+    )
+    namespace: dict[str, Any] = {"_S": _SCALARS, "_sha": hashlib.sha256, "_T": template}
+    exec(source, namespace)  # noqa: S102 - our own source; values enter only as repr() literals
+    return cast("Callable[[Any], str | None]", namespace["flat"])
+
+
+def flat_fingerprint(values: Any, plan: Plan) -> str | None:
+    """``flat_fingerprinter(plan)(values)``."""
+    return flat_fingerprinter(plan)(values)
 
 
 def fingerprint_fields(bound: Mapping[str, Any], labels: tuple[tuple[str, str], ...]) -> str:
@@ -234,14 +270,19 @@ def _is_plain(result_type: Any) -> bool:
     return all(_is_plain(arg) for arg in getattr(result_type, "__args__", ()) if arg is not ...)
 
 
-def _rebuild(value: Any, result_type: Any) -> Any:
+def is_plain(result_type: Any) -> bool:
+    """Whether JSON values of *result_type* need no rebuilding (cached per type)."""
     try:
         plain = _PLAIN_TYPES[result_type]
     except KeyError:
         plain = _PLAIN_TYPES[result_type] = _is_plain(result_type)
     except TypeError:  # an unhashable annotation: decide every time
         plain = _is_plain(result_type)
-    if plain:
+    return plain
+
+
+def _rebuild(value: Any, result_type: Any) -> Any:
+    if is_plain(result_type):
         return value
     return _rebuild_typed(value, result_type)
 
@@ -285,6 +326,15 @@ def json_result(payload: str, result_type: Any) -> Any:
         return _rebuild(value, result_type)
     except (TypeError, ValueError):
         return UNREADABLE
+
+
+def plain_json_result(payload: str) -> Any:
+    """`json_result` for a result type that needs no rebuilding: the scanner alone."""
+    try:
+        value, end = _SCAN(payload, 1)
+    except (StopIteration, ValueError):
+        return UNREADABLE
+    return value if end == len(payload) else UNREADABLE
 
 
 def _error_name(cls: type[BaseException]) -> str:

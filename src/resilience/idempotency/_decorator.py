@@ -8,13 +8,19 @@ import inspect
 import itertools
 import json
 import os
+import time
 import typing
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 from resilience._clock import SYSTEM_CLOCK, Clock
-from resilience._errors import ConfigurationError, IdempotencyError, IdempotencyRecordError
+from resilience._errors import (
+    ConfigurationError,
+    IdempotencyError,
+    IdempotencyLeaseLostError,
+    IdempotencyRecordError,
+)
 
 from . import _core
 from ._core import JsonSerializer, Raise, Replay, Serializer, Wait
@@ -93,6 +99,10 @@ class IdempotencyContext:
     and ``resumed``, and skips the steps already done. ``via=`` writes through
     another view of the store, e.g. ``sql_store.in_session(session)`` so the
     checkpoint or the completion commits with the business transaction.
+
+    ``lease_lost`` / ``ensure_lease()`` tell a long call that its claim may be
+    gone (another caller may be running the same key), so it can stop before
+    its next side effect.
     """
 
     __slots__ = (
@@ -103,7 +113,9 @@ class IdempotencyContext:
         "_ttl",
         "completed",
         "key",
+        "lease",
         "token",
+        "valid_until",
     )
 
     def __init__(  # noqa: PLR0917 - built only by the drivers
@@ -115,15 +127,38 @@ class IdempotencyContext:
         astore: AsyncIdempotencyStore | None,
         serializer: Serializer,
         ttl: float,
+        valid_until: float,
     ) -> None:
         self.key = key
         self.token = token
+        self.valid_until = valid_until  # without a heartbeat: when the claim's lease surely ends
+        self.lease: Lease | AsyncLease | None = None
         self._checkpoints = dict(checkpoints)
         self._store = store
         self._astore = astore
         self._serializer = serializer
         self._ttl = ttl
         self.completed = False
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once this call can no longer be sure it still owns its key.
+
+        That is when the store refused a heartbeat (another caller took the key
+        over), or when no claim or renewal has been confirmed for a whole lease
+        (``in_progress_ttl``, counted from when the request was sent, so it errs
+        early). Long calls check it before each side effect; stores fence the
+        writes of a stale owner either way.
+        """
+        lease = self.lease
+        if lease is not None:
+            return not lease.holds
+        return time.monotonic() >= self.valid_until
+
+    def ensure_lease(self) -> None:
+        """Raise `IdempotencyLeaseLostError` when `lease_lost`: call it before a side effect."""
+        if self.lease_lost:
+            raise IdempotencyLeaseLostError(self.key)
 
     @property
     def resumed(self) -> bool:
@@ -218,11 +253,11 @@ class _Tokens:
     A fresh prefix after ``fork()`` keeps children from reusing the parent's tokens.
     """
 
-    __slots__ = ("counter", "prefix")
+    __slots__ = ("next", "prefix")
 
     def __init__(self) -> None:
         self.prefix = os.urandom(12).hex()
-        self.counter = itertools.count()
+        self.next = itertools.count().__next__
 
 
 _TOKENS = _Tokens()
@@ -230,7 +265,7 @@ _TOKENS = _Tokens()
 
 def _token() -> str:
     tokens = _TOKENS
-    return f"{tokens.prefix}{next(tokens.counter):x}"
+    return tokens.prefix + hex(tokens.next())
 
 
 def _after_fork_in_child() -> None:
@@ -354,16 +389,19 @@ class Idempotent:
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         call = _Call(self, fn)
         if inspect.iscoroutinefunction(fn):
+            arun = call.arun
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await call.arun(args, kwargs)
+                return await arun(args, kwargs)
 
             return cast("Callable[P, R]", async_wrapper)
 
+        run = call.run
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return call.run(args, kwargs)
+            return run(args, kwargs)
 
         return cast("Callable[P, R]", wrapper)
 
@@ -372,10 +410,12 @@ class _Call:
     """One decorated function: the precomputed parts plus the sync and async drivers."""
 
     __slots__ = (
-        "_arg_plan",
         "_astore",
         "_binder",
+        "_fast_arity",
         "_fields",
+        "_flat_args",
+        "_flat_bound",
         "_fn",
         "_key_arg",
         "_key_from_call",
@@ -383,6 +423,7 @@ class _Call:
         "_key_prefix",
         "_labels",
         "_namespace",
+        "_plain_json",
         "_result_type",
         "_spec",
         "_sync_store",
@@ -412,9 +453,15 @@ class _Call:
         self._labels = _core.field_labels(self._fields)
         position = {name: i for i, name in enumerate(self._binder.names)}
         nowhere = 1 << 30  # an index no call reaches: the fast path steps aside
-        self._arg_plan = tuple((position.get(name, nowhere), label) for name, label in self._labels)
+        arg_plan = tuple((position.get(name, nowhere), label) for name, label in self._labels)
+        self._flat_args = _core.flat_fingerprinter(arg_plan)
+        self._flat_bound = _core.flat_fingerprinter(self._labels)
         self._key_index = position.get(key, nowhere) if isinstance(key, str) else nowhere
+        # The common call: every argument by position, the key among them, no scope.
+        simple = self._key_index != nowhere and spec._scope is None
+        self._fast_arity = self._binder.full if simple else -1
         self._result_type = spec._result_type
+        self._plain_json: bool | None = None  # replays need only the JSON scanner (known later)
         store = spec.store
         sync_ok = isinstance(store, IdempotencyStore) and getattr(store, "sync_capable", True)
         self._sync_store = cast("IdempotencyStore", store) if sync_ok else None
@@ -445,6 +492,12 @@ class _Call:
 
     def _prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
         """``(store key, fingerprint, the caller's key)``; errors name the caller's key."""
+        if not kwargs and len(args) == self._fast_arity:
+            raw_key = args[self._key_index]
+            if type(raw_key) is str and raw_key:
+                flat = self._flat_args(args)
+                if flat is not None:
+                    return self._key_prefix + raw_key, flat, raw_key
         call_key = kwargs.pop(_CALL_KEY, _NO_KEY) if self._key_from_call else _NO_KEY
         # Every parameter passed by position: read fields and key straight from args.
         positional = not kwargs and len(args) == self._binder.full
@@ -478,7 +531,7 @@ class _Call:
                 scope_value = scope()
             key = _core.scoped_key(self._namespace, str(scope_value), shown)
         try:
-            fp = None if bound is not None else _core.flat_fingerprint(args, self._arg_plan)
+            fp = self._flat_args(args) if bound is None else self._flat_bound(bound)
             if fp is None:
                 if bound is None:
                     bound = self._binder.bind(args, kwargs)
@@ -490,6 +543,17 @@ class _Call:
         return key, fp, shown
 
     def _replayed(self, shown: str, payload: str) -> Any:
+        if self._plain_json and payload[:1] == "r":  # the default: the JSON scanner alone
+            value = _core.plain_json_result(payload)
+            if value is not _core.UNREADABLE:
+                return value
+        return self._replayed_in_general(shown, payload)
+
+    def _replayed_in_general(self, shown: str, payload: str) -> Any:
+        if self._plain_json is None:
+            self._plain_json = type(self._spec._serializer) is JsonSerializer and (
+                _core.is_plain(self._result_type_of())
+            )
         if payload[:1] == "r" and type(self._spec._serializer) is JsonSerializer:
             value = _core.json_result(payload, self._result_type_of())
             if value is not _core.UNREADABLE:
@@ -515,14 +579,13 @@ class _Call:
         spec = self._spec
         opts = spec.options
         key, fp, shown = self._prepare(args, kwargs)
+        sent = time.monotonic()
         outcome = store.claim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
         # The two common outcomes skip the general decision loop below.
         if type(outcome) is Completed:
             return self._replayed(shown, outcome.payload)
         if type(outcome) is Claimed:
-            return self._run_owned(
-                store, key, shown, outcome.token, outcome.checkpoints, args, kwargs
-            )
+            return self._run_owned(store, key, shown, outcome, sent, args, kwargs)
         deadline = None if opts.wait is None else spec.clock.monotonic() + opts.wait
         decode = self._decoder(shown)
         while True:
@@ -536,6 +599,7 @@ class _Call:
             )
             if isinstance(step, Wait):
                 spec.clock.sleep(step.delay)
+                sent = time.monotonic()
                 outcome = store.claim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
                 continue
             break
@@ -543,27 +607,38 @@ class _Call:
             return step.value
         if isinstance(step, Raise):
             raise step.error
-        return self._run_owned(store, key, shown, step.token, step.checkpoints, args, kwargs)
+        return self._run_owned(store, key, shown, step, sent, args, kwargs)
 
     def _run_owned(  # noqa: PLR0917 - private, called from two places
         self,
         store: IdempotencyStore,
         key: str,
         shown: str,
-        token: str,
-        checkpoints: Mapping[str, str],
+        claim: Claimed | _core.Run,
+        sent: float,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         opts = self._spec.options
+        token = claim.token
         ctx = IdempotencyContext(
-            key, token, checkpoints, store, None, self._spec._serializer, opts.ttl
+            key,
+            token,
+            claim.checkpoints,
+            store,
+            None,
+            self._spec._serializer,
+            opts.ttl,
+            sent + opts.in_progress_ttl,
         )
         reset = _current.set(ctx)
         lease: Lease | None = None
         if opts.heartbeat:
-            lease = start_lease(
-                lambda: store.renew(key, token, opts.in_progress_ttl), opts.in_progress_ttl / 3
+            lease = ctx.lease = start_lease(
+                lambda: store.renew(key, token, opts.in_progress_ttl),
+                opts.in_progress_ttl / 3,
+                opts.in_progress_ttl,
+                sent,
             )
         try:
             result = self._fn(*args, **kwargs)
@@ -608,6 +683,7 @@ class _Call:
         opts = spec.options
         store = self._astore
         key, fp, shown = self._prepare(args, kwargs)
+        sent = time.monotonic()
         outcome = await store.aclaim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
         if type(outcome) is Completed:
             return self._replayed(shown, outcome.payload)
@@ -624,6 +700,7 @@ class _Call:
             )
             if isinstance(step, Wait):
                 await spec.clock.asleep(step.delay)
+                sent = time.monotonic()
                 outcome = await store.aclaim(key, fp, _token(), opts.in_progress_ttl, opts.ttl)
                 continue
             break
@@ -633,13 +710,23 @@ class _Call:
             raise step.error
         token = step.token
         ctx = IdempotencyContext(
-            key, token, step.checkpoints, self._sync_store, store, spec._serializer, opts.ttl
+            key,
+            token,
+            step.checkpoints,
+            self._sync_store,
+            store,
+            spec._serializer,
+            opts.ttl,
+            sent + opts.in_progress_ttl,
         )
         reset = _current.set(ctx)
         lease: AsyncLease | None = None
         if opts.heartbeat:
-            lease = AsyncLease(
-                lambda: store.arenew(key, token, opts.in_progress_ttl), opts.in_progress_ttl / 3
+            lease = ctx.lease = AsyncLease(
+                lambda: store.arenew(key, token, opts.in_progress_ttl),
+                opts.in_progress_ttl / 3,
+                opts.in_progress_ttl,
+                sent,
             )
         try:
             result = await cast("Callable[..., Awaitable[Any]]", self._fn)(*args, **kwargs)

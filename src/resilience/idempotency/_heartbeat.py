@@ -5,6 +5,14 @@ costs a dict insert (no thread start, no wake-up); async calls use
 ``loop.call_later`` on their own loop. Renewal uses real time on purpose: the
 lease is a promise about the wall clock the *store* keeps, and a heartbeat
 that a fake clock could stop would let a live call lose its key.
+
+Each lease also knows, conservatively, until when it surely holds: the send
+time of the last successful claim or renewal plus the lease length (the store
+started counting after we sent). Past that, or once the store refuses a
+renewal, the lease counts as lost and the running call can see it
+(`IdempotencyContext.lease_lost`). Blocking stores bound each renewal
+themselves (socket, lock and statement timeouts) because a hung renewal would
+stall the shared thread; async renewals are cut off after one interval.
 """
 
 from __future__ import annotations
@@ -28,13 +36,22 @@ _log = logging.getLogger("resilience.idempotency")
 class Lease:
     """One registered call: renewed every ``interval`` seconds until stopped."""
 
-    __slots__ = ("interval", "lost", "next_due", "renew")
+    __slots__ = ("interval", "lease_ttl", "lost", "next_due", "renew", "valid_until")
 
-    def __init__(self, renew: Callable[[], None], interval: float) -> None:
+    def __init__(
+        self, renew: Callable[[], None], interval: float, lease_ttl: float, claimed_at: float
+    ) -> None:
         self.renew = renew
         self.interval = interval
+        self.lease_ttl = lease_ttl
+        self.valid_until = claimed_at + lease_ttl
         self.next_due = time.monotonic() + interval
         self.lost = False
+
+    @property
+    def holds(self) -> bool:
+        """Whether the lease surely still holds (never lost, and not past its last known end)."""
+        return not self.lost and time.monotonic() < self.valid_until
 
     def stop(self) -> None:
         _KEEPER.remove(self)
@@ -108,6 +125,7 @@ _IDLE_SLEEP = 60.0
 
 
 def _renew(lease: Lease) -> None:
+    sent = time.monotonic()
     try:
         lease.renew()
     except IdempotencyLeaseLostError:
@@ -115,6 +133,8 @@ def _renew(lease: Lease) -> None:
         _KEEPER.remove(lease)
     except Exception:  # a blip: the next beat tries again while the lease still holds
         _log.warning("idempotency lease renewal failed; will retry", exc_info=True)
+    else:
+        lease.valid_until = sent + lease.lease_ttl
 
 
 _KEEPER = _Keeper()
@@ -131,9 +151,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_lease(renew: Callable[[], None], interval: float) -> Lease:
-    """Renew via *renew* every *interval* seconds on the shared thread until ``stop()``."""
-    lease = Lease(renew, interval)
+def start_lease(
+    renew: Callable[[], None], interval: float, lease_ttl: float, claimed_at: float
+) -> Lease:
+    """Renew via *renew* every *interval* seconds on the shared thread until ``stop()``.
+
+    *claimed_at* is the `time.monotonic` reading taken before the claim was sent.
+    """
+    lease = Lease(renew, interval, lease_ttl, claimed_at)
     _KEEPER.add(lease)
     return lease
 
@@ -141,28 +166,54 @@ def start_lease(renew: Callable[[], None], interval: float) -> Lease:
 class AsyncLease:
     """The asyncio flavour: a ``call_later`` chain on the running loop."""
 
-    __slots__ = ("_handle", "_interval", "_loop", "_renew", "_task", "lost")
+    __slots__ = (
+        "_handle",
+        "_interval",
+        "_loop",
+        "_renew",
+        "_task",
+        "lease_ttl",
+        "lost",
+        "valid_until",
+    )
 
-    def __init__(self, renew: Callable[[], Coroutine[Any, Any, None]], interval: float) -> None:
+    def __init__(
+        self,
+        renew: Callable[[], Coroutine[Any, Any, None]],
+        interval: float,
+        lease_ttl: float,
+        claimed_at: float,
+    ) -> None:
         self._renew = renew
         self._interval = interval
+        self.lease_ttl = lease_ttl
+        self.valid_until = claimed_at + lease_ttl
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
         self.lost = False
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._fire)
 
+    @property
+    def holds(self) -> bool:
+        """See `Lease.holds`."""
+        return not self.lost and time.monotonic() < self.valid_until
+
     def _fire(self) -> None:
         self._task = self._loop.create_task(self._beat())
 
     async def _beat(self) -> None:
+        sent = time.monotonic()
         try:
-            await self._renew()
+            # A renewal that outlives its interval is useless; cut it off so the next can try.
+            await asyncio.wait_for(self._renew(), timeout=self._interval)
         except IdempotencyLeaseLostError:
             self.lost = True
             self._handle = None
             return
-        except Exception:
+        except Exception:  # includes the timeout
             _log.warning("idempotency lease renewal failed; will retry", exc_info=True)
+        else:
+            self.valid_until = sent + self.lease_ttl
         if self._handle is not None:
             self._handle = self._loop.call_later(self._interval, self._fire)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
-from resilience._clock import SYSTEM_CLOCK, Clock
+from resilience._clock import SYSTEM_CLOCK, Clock, MonotonicClock
 from resilience._errors import IdempotencyLeaseLostError
 
 from ._store import Claimed, ClaimOutcome, Completed, InProgress, Mismatch
@@ -37,10 +38,12 @@ class MemoryStore:
     by `purge_expired`.
     """
 
-    __slots__ = ("_clock", "_lock", "_records")
+    __slots__ = ("_clock", "_lock", "_now", "_records")
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
+        # The real clock read directly: one call instead of two on every claim.
+        self._now = time.monotonic if type(clock) is MonotonicClock else clock.monotonic
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
 
@@ -50,7 +53,7 @@ class MemoryStore:
     def claim(
         self, key: str, fingerprint: str, token: str, lease_ttl: float, ttl: float
     ) -> ClaimOutcome:
-        now = self._clock.monotonic()
+        now = self._now()
         # A completed record never changes again (expiry replaces it with a new
         # one), so a replay reads it without the lock.
         record = self._records.get(key)
@@ -92,7 +95,7 @@ class MemoryStore:
         return record
 
     def complete(self, key: str, token: str, payload: str, ttl: float) -> None:
-        now = self._clock.monotonic()
+        now = self._now()
         with self._lock:
             record = self._owned(key, token)
             record.state, record.payload, record.expires_at = _DONE, payload, now + ttl
@@ -108,7 +111,7 @@ class MemoryStore:
                 del self._records[key]
 
     def renew(self, key: str, token: str, lease_ttl: float) -> None:
-        now = self._clock.monotonic()
+        now = self._now()
         with self._lock:
             record = self._owned(key, token)
             record.lease_until = now + lease_ttl
@@ -120,7 +123,7 @@ class MemoryStore:
 
     def purge_expired(self) -> int:
         """Drop expired records; returns how many."""
-        now = self._clock.monotonic()
+        now = self._now()
         with self._lock:
             dead = [k for k, r in self._records.items() if r.expires_at <= now]
             for k in dead:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any
 
@@ -215,6 +216,7 @@ class IdempotencyMiddleware:
         ).hexdigest()
         store_key = _core.scoped_key(self.namespace, self._principal(scope), key)
         token = os.urandom(16).hex()
+        sent = time.monotonic()
         try:
             outcome = await self._store.aclaim(
                 store_key, request_fp, token, self.in_progress_ttl, self.ttl
@@ -244,7 +246,9 @@ class IdempotencyMiddleware:
             )
             return
         assert isinstance(outcome, Claimed)
-        await self._run(scope, chunks, receive, send, store_key=store_key, token=outcome.token)
+        await self._run(
+            scope, chunks, receive, send, store_key=store_key, token=outcome.token, sent=sent
+        )
 
     async def _replay(self, store_key: str, payload: str, send: Send) -> None:
         try:
@@ -273,6 +277,7 @@ class IdempotencyMiddleware:
         *,
         store_key: str,
         token: str,
+        sent: float,
     ) -> None:
         pending = list(chunks)
 
@@ -282,7 +287,13 @@ class IdempotencyMiddleware:
                 return {"type": "http.request", "body": body, "more_body": bool(pending)}
             return await receive()  # the body is consumed: now only a disconnect can come
 
-        state: dict[str, Any] = {"status": None, "headers": None, "store": True, "done": False}
+        lease = AsyncLease(
+            lambda: self._store.arenew(store_key, token, self.in_progress_ttl),
+            self.in_progress_ttl / 3,
+            self.in_progress_ttl,
+            sent,
+        )
+        state: dict[str, Any] = {"status": None, "headers": None, "store": True, "settled": False}
         body: list[bytes] = []
 
         async def capture(message: Message) -> None:
@@ -294,38 +305,40 @@ class IdempotencyMiddleware:
                     headers.append((b"idempotency-warning", _NOT_STORED))
                     message = {**message, "headers": headers}
                 state["status"], state["headers"] = message["status"], headers
-            elif message["type"] == "http.response.body":
-                if state["store"]:
-                    body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    state["done"] = True
+            elif message["type"] == "http.response.body" and state["store"]:
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False) and self._replayable(state["status"]):
+                    # Stored before the last chunk goes out: a retry sent the moment the
+                    # client has the whole response finds the replay, never a 409.
+                    lease.stop()
+                    state["settled"] = True
+                    await self._complete(store_key, token, state["status"], state["headers"], body)
             await send(message)
 
-        lease = AsyncLease(
-            lambda: self._store.arenew(store_key, token, self.in_progress_ttl),
-            self.in_progress_ttl / 3,
-        )
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
             lease.stop()
-            await self._release(store_key, token)
+            if not state["settled"]:
+                await self._release(store_key, token)
             raise
         lease.stop()
-        status = state["status"]
-        if (
-            status is None
-            or not state["done"]
-            or not state["store"]
-            or not self._replayable(status)
-        ):
+        if not state["settled"]:  # not replayable, streamed, or the app never finished it
             await self._release(store_key, token)
-            return
+
+    async def _complete(
+        self,
+        store_key: str,
+        token: str,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: list[bytes],
+    ) -> None:
         stored = {
             "s": status,
             "h": [
                 [n.decode("latin-1"), v.decode("latin-1")]
-                for n, v in state["headers"]
+                for n, v in headers
                 if n.lower() != b"date"
             ],
             "b": base64.b64encode(b"".join(body)).decode(),
@@ -334,7 +347,7 @@ class IdempotencyMiddleware:
             await self._store.acomplete(
                 store_key, token, _core.encode_result(_SERIALIZER, stored), self.ttl
             )
-        except Exception:  # the response is already sent; the key stays until its lease ends
+        except Exception:  # the response still goes out; the key stays until its lease ends
             _log.exception("could not store the response for idempotency key %r", store_key)
 
     async def _release(self, store_key: str, token: str) -> None:

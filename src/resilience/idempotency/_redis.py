@@ -1,4 +1,4 @@
-"""Redis store: one plain command to claim or replay, one short script to settle.
+"""Redis store: one plain command to claim or replay, one plain transaction to complete.
 
 A record is one string key of six newline-separated fields:
 ``state token fingerprint lease ttl rest``:
@@ -12,14 +12,23 @@ The common paths avoid Lua, whose per-call cost on the server is several times
 that of a plain command: a claim is ``SET key record NX PX lease GET``, which
 either creates the record (a new key, lease = expiry) or returns the existing
 one (a replay, or a mismatch). Only a key that is running, released or taken
-over goes on to the claim script, in a second round trip. Completing,
-releasing, renewing and checkpointing are fenced by the owner token in short
-scripts that read one string and never decode JSON.
+over goes on to the claim script, in a second round trip.
+
+Completion is fenced by the owner token. With a blocking ``redis.Redis``, the
+claim's round trip also sends ``WATCH key`` on a connection of the store's own,
+which the claim keeps until it settles; completing is then ``MULTI``, ``SET``,
+``EXEC`` on it, and ``EXEC`` refuses when anyone touched the key since the
+claim (a takeover, our lease's expiry, a checkpoint, a renewal), in which case
+the fenced script decides. Async and Cluster clients run that script directly.
+The scripts compare a prefix and rewrite one string: they never decode JSON.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resilience._errors import (
@@ -30,6 +39,7 @@ from resilience._errors import (
 )
 from resilience._optional import require
 
+from . import _core
 from ._store import Claimed, ClaimOutcome, Completed, InProgress, Mismatch
 
 if TYPE_CHECKING:
@@ -84,15 +94,25 @@ return out
 """
 )
 
-# ARGV: "p\n<token>\n", payload, ttl ms.
-_COMPLETE = (
-    _PARSE
-    + r"""
-redis.call('SET', KEYS[1], 'd\n\n' .. f .. '\n\n\n' .. ARGV[2], 'PX', ARGV[3])
-if l ~= '' then redis.call('DEL', KEYS[2]) end
+# ARGV: "p\n<token>\n", payload, ttl ms, token. No pattern match: a prefix
+# comparison, one find for the end of the fingerprint, one SET. A done record
+# keeps the token, so a completion resent after a lost reply (same owner, same
+# payload) succeeds; any other rewrite of a done record is refused.
+_COMPLETE = r"""
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local n = #ARGV[1]
+local head = string.sub(v, 1, n)
+if head ~= ARGV[1] then
+  if head == 'd' .. string.sub(ARGV[1], 2) and string.sub(v, -#ARGV[2]) == ARGV[2] then return 1 end
+  return 0
+end
+local e = string.find(v, '\n', n + 1, true)
+if not e then return 0 end
+redis.call('SET', KEYS[1], 'd\n' .. ARGV[4] .. '\n' .. string.sub(v, n + 1, e) .. '\n\n' .. ARGV[2], 'PX', ARGV[3])
+if string.byte(v, e + 1) ~= 10 then redis.call('DEL', KEYS[2]) end
 return 1
 """
-)
 
 _RELEASE = (
     _PARSE
@@ -147,6 +167,129 @@ return 1
 """
 )
 
+_SOURCES = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE, "renew": _RENEW}
+_SOURCES["checkpoint"] = _CHECKPOINT
+_SHA = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}  # noqa: S324 - Redis names scripts by SHA-1
+
+# Fork generation: connections opened before a fork() belong to the parent.
+_FORKS = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+# A claim keeps its connection until it settles; claims never settled through
+# this store (a crash inside the caller, a bare `claim`) give theirs back past this many.
+_MAX_HELD = 1024
+
+
+@dataclass(slots=True)
+class _Held:
+    """A claimed key's connection, WATCHing the record since the claim wrote it."""
+
+    conn: Any
+    name: str
+    fingerprint: str
+    touched: bool = False  # a checkpoint or renewal went through: EXEC would refuse
+
+
+class _Direct:
+    """The store's own blocking connections, opened with the client's settings.
+
+    They are ours, not the client's pool's, because a claim leaves a ``WATCH``
+    on its connection: a pooled connection carrying one could abort the
+    application's own ``MULTI``/``EXEC``. An idle connection remembers whether
+    it still watches something, and its next batch starts with ``UNWATCH``.
+    Renewals use separate connections with a socket timeout, so a stalled
+    server cannot freeze the shared heartbeat thread.
+    """
+
+    __slots__ = ("_cls", "_gen", "_idle", "_kwargs", "_renew_kwargs", "_renewers", "errors", "held")
+
+    def __init__(self, pool: Any, errors: Any, renew_timeout: float) -> None:
+        self._cls = pool.connection_class
+        self._kwargs = dict(pool.connection_kwargs)
+        self._renew_kwargs = {
+            **self._kwargs,
+            "socket_timeout": renew_timeout,
+            "socket_connect_timeout": renew_timeout,
+        }
+        self.errors = errors
+        self._gen = _FORKS[0]
+        self._idle: collections.deque[tuple[Any, bool]] = collections.deque()
+        self._renewers: collections.deque[Any] = collections.deque()
+        self.held: dict[str, _Held] = {}
+
+    def take(self) -> tuple[Any, bool]:
+        """A connection and whether it still WATCHes a key."""
+        if self._gen != _FORKS[0]:  # the parent's sockets are not ours to use
+            self._gen = _FORKS[0]
+            self._idle, self._renewers, self.held = collections.deque(), collections.deque(), {}
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._cls(**self._kwargs), False
+
+    def give(self, conn: Any, watching: bool) -> None:
+        self._idle.append((conn, watching))
+
+    def exchange(self, conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send *commands* in one write and read every reply (error replies as values).
+
+        On a socket error redis-py has already closed the connection (it
+        reconnects on next use); the error propagates.
+        """
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except self.errors.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """*commands* on an idle connection, which goes back afterwards."""
+        conn, watching = self.take()
+        try:
+            return self.exchange(conn, commands)
+        finally:
+            self.give(conn, watching)
+
+    def renew_run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            conn = self._renewers.pop()
+        except IndexError:
+            conn = self._cls(**self._renew_kwargs)
+        try:
+            return self.exchange(conn, commands)
+        finally:
+            self._renewers.append(conn)
+
+    def hold(self, token: str, held: _Held) -> None:
+        held_now = self.held
+        if len(held_now) >= _MAX_HELD:
+            try:
+                stale = held_now.pop(next(iter(held_now)))
+            except (StopIteration, RuntimeError, KeyError):  # raced with a settling claim
+                pass
+            else:
+                self.give(stale.conn, True)
+        held_now[token] = held
+
+    def close(self) -> None:
+        conns = [c for c, _ in self._idle] + list(self._renewers)
+        conns += [h.conn for h in self.held.values()]
+        self._idle.clear()
+        self._renewers.clear()
+        self.held.clear()
+        for conn in conns:
+            conn.disconnect()
+
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
@@ -158,11 +301,18 @@ class RedisStore:
     Pass a ``redis.Redis`` as *client* for blocking code, a ``redis.asyncio.Redis``
     as *async_client* for async code, or both. A claim or a replay is one plain
     ``SET NX GET`` (a second round trip, a script, only when the key is running
-    or being taken over); completing is one short ``EVALSHA`` (redis-py falls
-    back to ``EVAL`` after a script flush). Leases and expiries use the server's
-    clock (key expiry and ``TIME``), so callers' clocks never matter. A record
-    and its checkpoints share a ``{hash tag}``, so they live in one Cluster slot.
-    Clients may use ``decode_responses`` either way.
+    or being taken over). Completing is one round trip: with a blocking
+    ``redis.Redis``, a ``MULTI``/``SET``/``EXEC`` guarded by the ``WATCH`` the
+    claim placed (the store opens a few connections of its own for that, with
+    the client's settings; `close` closes them); otherwise a short ``EVALSHA``.
+    Leases and expiries use the server's clock (key expiry and ``TIME``), so
+    callers' clocks never matter. A record and its checkpoints share a
+    ``{hash tag}``, so they live in one Cluster slot. Clients may use
+    ``decode_responses`` either way.
+
+    Renewals (the heartbeat) give up after *renew_timeout* seconds: on the
+    blocking client's store connections by a socket timeout, on async clients
+    by the heartbeat's own timeout. Cluster clients use their own settings.
     """
 
     __slots__ = (
@@ -176,11 +326,13 @@ class RedisStore:
         "_claim",
         "_client",
         "_complete",
+        "_direct",
         "_last",
         "_redis",
         "_release",
         "_renew",
         "prefix",
+        "renew_timeout",
     )
 
     def __init__(
@@ -189,22 +341,33 @@ class RedisStore:
         *,
         async_client: redis.asyncio.Redis | None = None,
         prefix: str = "idem:",
+        renew_timeout: float = 5.0,
     ) -> None:
         if client is None and async_client is None:
             raise ConfigurationError("client", "pass a redis.Redis and/or an async_client")
         if not isinstance(prefix, str):
             raise ConfigurationError("prefix", "must be a string")
+        _core.positive("renew_timeout", renew_timeout)
         self._redis = require("redis", "redis")
         self.prefix = prefix
+        self.renew_timeout = renew_timeout
         self._last: tuple[str | None, str, str] = (None, "", prefix)
         self._client = client
         self._aclient = async_client
+        self._direct: _Direct | None = None
         if client is not None:
             self._claim = client.register_script(_CLAIM)
             self._complete = client.register_script(_COMPLETE)
             self._release = client.register_script(_RELEASE)
             self._renew = client.register_script(_RENEW)
             self._checkpoint = client.register_script(_CHECKPOINT)
+            pool = getattr(client, "connection_pool", None)
+            if (
+                isinstance(client, self._redis.Redis)
+                and type(pool) in {self._redis.ConnectionPool, self._redis.BlockingConnectionPool}
+                and getattr(pool, "cache", None) is None
+            ):
+                self._direct = _Direct(pool, self._redis.exceptions, renew_timeout)
         if async_client is not None:
             self._aclaim = async_client.register_script(_CLAIM)
             self._acomplete = async_client.register_script(_COMPLETE)
@@ -221,6 +384,11 @@ class RedisStore:
     def async_capable(self) -> bool:
         """Whether async methods work (an async client was given)."""
         return self._aclient is not None
+
+    def close(self) -> None:
+        """Close the store's own connections (the clients you passed stay open)."""
+        if self._direct is not None:
+            self._direct.close()
 
     def redis_key(self, key: str) -> str:
         """The Redis key holding *key*'s record (a digest inside a hash tag).
@@ -248,8 +416,10 @@ class RedisStore:
             )
         return f"p\n{token}\n{fingerprint}\n\n{_ms(ttl)}\n{key}"
 
-    def _fast(self, key: str, fingerprint: str, reply: Any) -> ClaimOutcome | None:
+    def _fast(self, key: str, fingerprint: str, token: str, reply: Any) -> ClaimOutcome | None:
         """The outcome of ``SET NX GET``'s reply (the existing record), or None: ask the script."""
+        if isinstance(reply, Exception):
+            raise self._wrong_type(key, reply)
         try:
             parts = self._text(reply).split("\n", 5)
         except UnicodeDecodeError as exc:
@@ -260,6 +430,8 @@ class RedisStore:
             return Mismatch()
         if parts[0] == "d":
             return Completed(parts[5])
+        if parts[0] == "p" and parts[1] == token and not parts[3]:
+            return Claimed(token)  # our own claim, sent again after a lost reply
         return None
 
     def _corrupt(self, key: str) -> IdempotencyRecordError:
@@ -268,6 +440,8 @@ class RedisStore:
         )
 
     def _outcome(self, key: str, token: str, reply: Any) -> ClaimOutcome:
+        if isinstance(reply, Exception):
+            raise self._wrong_type(key, reply)
         try:
             kind = self._text(reply[0])
             if kind == "claimed":
@@ -284,6 +458,8 @@ class RedisStore:
         raise self._corrupt(key)
 
     def _fenced(self, key: str, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            raise self._wrong_type(key, reply)
         if int(reply) != 1:
             raise IdempotencyLeaseLostError(key)
 
@@ -295,6 +471,11 @@ class RedisStore:
             raise ConfigurationError("client", "this RedisStore has only an async client")
         return self._client
 
+    @staticmethod
+    def _ok(reply: Any) -> bool:
+        """Whether an ``EXEC`` reply says the transaction ran (``None``: WATCH refused it)."""
+        return isinstance(reply, list) and len(reply) == 1 and reply[0] in {b"OK", "OK", 1}
+
     # ------------------------------------------------------------------ blocking
 
     def claim(
@@ -304,44 +485,151 @@ class RedisStore:
         name = self.redis_key(key)
         lease = _ms(lease_ttl)
         record = self._new_record(key, fingerprint, token, ttl)
+        direct = self._direct
+        if direct is not None:
+            return self._direct_claim(direct, key, name, record, fingerprint, token, lease, ttl)
         try:
             reply = client.execute_command("SET", name, record, "NX", "PX", lease, "GET", get=True)
             if reply is None:
                 return Claimed(token)
-            outcome = self._fast(key, fingerprint, reply)
+            outcome = self._fast(key, fingerprint, token, reply)
             if outcome is not None:
                 return outcome
-            reply = self._eval(self._claim, name, [fingerprint, token, lease, _ms(ttl), key])
+            reply = self._eval("claim", name, [fingerprint, token, lease, _ms(ttl), key])
         except self._redis.ResponseError as exc:
             raise self._wrong_type(key, exc) from exc
         return self._outcome(key, token, reply)
 
-    def _eval(self, script: Any, name: str, args: list[Any]) -> Any:
+    def _direct_claim(  # noqa: PLR0917 - the hot path, arguments already computed
+        self,
+        direct: _Direct,
+        key: str,
+        name: str,
+        record: str,
+        fingerprint: str,
+        token: str,
+        lease: int,
+        ttl: float,
+    ) -> ClaimOutcome:
+        commands: list[tuple[Any, ...]] = [
+            ("SET", name, record, "NX", "PX", lease, "GET"),
+            ("WATCH", name),
+        ]
+        for attempt in (1, 2):  # once more on a dead pooled socket: a resent claim finds itself
+            conn, watching = direct.take()
+            try:
+                replies = direct.exchange(conn, [("UNWATCH",), *commands] if watching else commands)
+            except (self._redis.ConnectionError, self._redis.TimeoutError):
+                direct.give(conn, False)  # closed by redis-py; it reconnects on next use
+                if attempt == 2:
+                    raise
+                continue
+            break
+        reply = replies[-2]
+        if reply is None:
+            direct.hold(token, _Held(conn, name, fingerprint))
+            return Claimed(token)
+        try:
+            outcome = self._fast(key, fingerprint, token, reply)
+            if type(outcome) is Claimed:
+                direct.hold(token, _Held(conn, name, fingerprint))
+                return outcome
+            if outcome is not None:
+                direct.give(conn, True)
+                return outcome
+            reply = self._script(
+                direct, conn, "claim", name, [fingerprint, token, lease, _ms(ttl), key]
+            )
+        except BaseException:
+            direct.give(conn, True)
+            raise
+        direct.give(conn, True)
+        return self._outcome(key, token, reply)
+
+    def _script(self, direct: _Direct, conn: Any, script: str, name: str, args: list[Any]) -> Any:
+        keys = (2, name, name + ":c")
+        (reply,) = direct.exchange(conn, [("EVALSHA", _SHA[script], *keys, *args)])
+        if isinstance(reply, self._redis.exceptions.NoScriptError):  # after SCRIPT FLUSH
+            (reply,) = direct.exchange(conn, [("EVAL", _SOURCES[script], *keys, *args)])
+        return reply
+
+    def _eval(self, script: str, name: str, args: list[Any]) -> Any:
         # EVALSHA straight through execute_command (less per-call work than the
         # Script object); the Script reloads itself after a SCRIPT FLUSH.
         try:
-            return self._sync().execute_command("EVALSHA", script.sha, 2, name, name + ":c", *args)
+            return self._sync().execute_command(
+                "EVALSHA", _SHA[script], 2, name, name + ":c", *args
+            )
         except self._redis.exceptions.NoScriptError:
-            return script(keys=[name, name + ":c"], args=args)
+            obj = getattr(self, f"_{script}")
+            return obj(keys=[name, name + ":c"], args=args)
 
-    def _call(self, script: Any, key: str, args: list[Any]) -> None:
-        try:
-            reply = self._eval(script, self.redis_key(key), args)
-        except self._redis.ResponseError as exc:
-            raise self._wrong_type(key, exc) from exc
+    def _call(self, script: str, key: str, args: list[Any], *, renewal: bool = False) -> None:
+        name = self.redis_key(key)
+        direct = self._direct
+        if direct is None:
+            try:
+                reply = self._eval(script, name, args)
+            except self._redis.ResponseError as exc:
+                raise self._wrong_type(key, exc) from exc
+        elif renewal:
+            (reply,) = direct.renew_run([("EVALSHA", _SHA[script], 2, name, name + ":c", *args)])
+            if isinstance(reply, self._redis.exceptions.NoScriptError):
+                (reply,) = direct.renew_run(
+                    [("EVAL", _SOURCES[script], 2, name, name + ":c", *args)]
+                )
+        else:
+            conn, watching = direct.take()
+            try:
+                reply = self._script(direct, conn, script, name, args)
+            finally:
+                direct.give(conn, watching)
         self._fenced(key, reply)
 
+    def _settle(self, key: str, token: str, commands: list[tuple[Any, ...]]) -> bool:
+        """Run *commands* in the claim's WATCHed transaction; False: the script must decide."""
+        direct = self._direct
+        held = None if direct is None else direct.held.pop(token, None)
+        if held is None or direct is None:
+            return False
+        if held.touched or held.name != self.redis_key(key):
+            direct.give(held.conn, True)
+            return False
+        try:
+            replies = direct.exchange(held.conn, [("MULTI",), *commands, ("EXEC",)])
+        except (self._redis.ConnectionError, self._redis.TimeoutError):
+            direct.give(held.conn, False)  # closed; the script will tell whether EXEC ran
+            return False
+        direct.give(held.conn, False)  # EXEC ends the WATCH, whether it ran or not
+        return self._ok(replies[-1])
+
+    def _touch(self, token: str) -> None:
+        held = None if self._direct is None else self._direct.held.get(token)
+        if held is not None:
+            held.touched = True
+
     def complete(self, key: str, token: str, payload: str, ttl: float) -> None:
-        self._call(self._complete, key, [f"p\n{token}\n", payload, _ms(ttl)])
+        direct = self._direct
+        if direct is not None:
+            held = direct.held.get(token)
+            if held is not None:
+                done = f"d\n{token}\n{held.fingerprint}\n\n\n{payload}"
+                if self._settle(key, token, [("SET", held.name, done, "PX", _ms(ttl))]):
+                    return
+        self._call("complete", key, [f"p\n{token}\n", payload, _ms(ttl), token])
 
     def release(self, key: str, token: str) -> None:
-        self._call(self._release, key, [f"p\n{token}\n"])
+        if self._direct is not None and self._settle(key, token, [("DEL", self.redis_key(key))]):
+            return
+        self._call("release", key, [f"p\n{token}\n"])
 
     def renew(self, key: str, token: str, lease_ttl: float) -> None:
-        self._call(self._renew, key, [f"p\n{token}\n", _ms(lease_ttl)])
+        self._touch(token)
+        self._call("renew", key, [f"p\n{token}\n", _ms(lease_ttl)], renewal=True)
 
     def checkpoint(self, key: str, token: str, name: str, data: str) -> None:
-        self._call(self._checkpoint, key, [f"p\n{token}\n", name, data])
+        self._touch(token)
+        self._call("checkpoint", key, [f"p\n{token}\n", name, data])
 
     # ------------------------------------------------------------------ async
 
@@ -363,25 +651,24 @@ class RedisStore:
             )
             if reply is None:
                 return Claimed(token)
-            outcome = self._fast(key, fingerprint, reply)
+            outcome = self._fast(key, fingerprint, token, reply)
             if outcome is not None:
                 return outcome
-            reply = await self._aeval(
-                self._aclaim, name, [fingerprint, token, lease, _ms(ttl), key]
-            )
+            reply = await self._aeval("claim", name, [fingerprint, token, lease, _ms(ttl), key])
         except self._redis.ResponseError as exc:
             raise self._wrong_type(key, exc) from exc
         return self._outcome(key, token, reply)
 
-    async def _aeval(self, script: Any, name: str, args: list[Any]) -> Any:
+    async def _aeval(self, script: str, name: str, args: list[Any]) -> Any:
         try:
             return await self._async().execute_command(
-                "EVALSHA", script.sha, 2, name, name + ":c", *args
+                "EVALSHA", _SHA[script], 2, name, name + ":c", *args
             )
         except self._redis.exceptions.NoScriptError:
-            return await script(keys=[name, name + ":c"], args=args)
+            obj = getattr(self, f"_a{script}")
+            return await obj(keys=[name, name + ":c"], args=args)
 
-    async def _acall(self, script: Any, key: str, args: list[Any]) -> None:
+    async def _acall(self, script: str, key: str, args: list[Any]) -> None:
         try:
             reply = await self._aeval(script, self.redis_key(key), args)
         except self._redis.ResponseError as exc:
@@ -389,16 +676,16 @@ class RedisStore:
         self._fenced(key, reply)
 
     async def acomplete(self, key: str, token: str, payload: str, ttl: float) -> None:
-        await self._acall(self._acomplete, key, [f"p\n{token}\n", payload, _ms(ttl)])
+        await self._acall("complete", key, [f"p\n{token}\n", payload, _ms(ttl), token])
 
     async def arelease(self, key: str, token: str) -> None:
-        await self._acall(self._arelease, key, [f"p\n{token}\n"])
+        await self._acall("release", key, [f"p\n{token}\n"])
 
     async def arenew(self, key: str, token: str, lease_ttl: float) -> None:
-        await self._acall(self._arenew, key, [f"p\n{token}\n", _ms(lease_ttl)])
+        await self._acall("renew", key, [f"p\n{token}\n", _ms(lease_ttl)])
 
     async def acheckpoint(self, key: str, token: str, name: str, data: str) -> None:
-        await self._acall(self._acheckpoint, key, [f"p\n{token}\n", name, data])
+        await self._acall("checkpoint", key, [f"p\n{token}\n", name, data])
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r})"

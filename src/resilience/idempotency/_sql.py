@@ -13,6 +13,7 @@ from resilience._errors import (
 )
 from resilience._optional import require
 
+from . import _core
 from ._store import Claimed, ClaimOutcome, Completed, InProgress, Mismatch
 
 if TYPE_CHECKING:
@@ -22,14 +23,23 @@ __all__ = ["SqlStore", "idempotency_table"]
 
 DEFAULT_TABLE = "resilience_idempotency"
 
+# How a renewal bounds its wait for a lock: (read the setting, set it to {}).
+_WAIT_SETTINGS = {
+    "mysql": ("SELECT @@innodb_lock_wait_timeout", "SET innodb_lock_wait_timeout = {}"),
+    "sqlite": ("PRAGMA busy_timeout", "PRAGMA busy_timeout = {}"),
+}
+
 
 def idempotency_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
     """Declare the records table on *metadata* (create it with ``metadata.create_all``
     or copy it into your migrations).
 
-    Times are integers of milliseconds on the database's own clock.
+    Times are integers of milliseconds on the database's own clock. On
+    MySQL/MariaDB the stored result is a ``LONGTEXT`` (``TEXT`` stops at 64 KB).
     """
     sa = require("sqlalchemy", "sql")
+    from sqlalchemy.dialects.mysql import LONGTEXT
+
     table: Table = sa.Table(
         name,
         metadata,
@@ -40,36 +50,50 @@ def idempotency_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
         sa.Column("token", sa.String(64), nullable=False),
         sa.Column("lease_until", sa.BigInteger, nullable=False),
         sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
-        sa.Column("result", sa.Text, nullable=True),
-        sa.Column("checkpoints", sa.Text, nullable=False),
+        sa.Column("result", sa.Text().with_variant(LONGTEXT(), "mysql"), nullable=True),
+        sa.Column("checkpoints", sa.Text().with_variant(LONGTEXT(), "mysql"), nullable=False),
     )
     return table
 
 
 class SqlStore:
-    """Idempotency records in PostgreSQL or SQLite, judged by the database's clock.
+    """Idempotency records in PostgreSQL, SQLite or MySQL/MariaDB, judged by the database's clock.
 
     Each operation is one statement in autocommit mode (one round trip): the
     claim is an ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` that takes an
-    expired or released record over and otherwise returns it unchanged.
+    expired or released record over and otherwise returns it unchanged. MySQL
+    and MariaDB have no ``RETURNING`` for an upsert, so there the claim is an
+    ``INSERT … ON DUPLICATE KEY UPDATE`` and a ``SELECT … FOR UPDATE`` of the
+    row in one short transaction.
 
     ``in_session(session)`` gives a view that writes through *your*
     ``Session``/``Connection`` without committing, so completing the key (or
     recording a checkpoint) commits with the business rows and outbox events,
     or rolls back with them.
+
+    A renewal (the heartbeat) waits at most *renew_timeout* seconds for a lock
+    or for the statement (PostgreSQL ``lock_timeout`` and ``statement_timeout``,
+    SQLite's busy timeout) and then fails, to be retried on the next beat: the
+    heartbeat thread is shared, and a renewal stuck behind a lock would stop
+    every other call's renewals too.
     """
 
-    __slots__ = ("_bind", "_dialect", "_sa", "engine", "table")
+    __slots__ = ("_bind", "_dialect", "_sa", "engine", "renew_timeout", "table")
 
-    def __init__(self, engine: Engine, table: Table | None = None) -> None:
+    def __init__(
+        self, engine: Engine, table: Table | None = None, *, renew_timeout: float = 5.0
+    ) -> None:
         self._sa = require("sqlalchemy", "sql")
         if not isinstance(engine, self._sa.Engine):
             raise ConfigurationError("engine", "must be a sqlalchemy.Engine")
         self._dialect = engine.dialect.name
-        if self._dialect not in {"postgresql", "sqlite"}:
+        if self._dialect not in {"postgresql", "sqlite", "mysql"}:
             raise ConfigurationError(
-                "engine", f"dialect {self._dialect!r} is not supported (postgresql, sqlite)"
+                "engine",
+                f"dialect {self._dialect!r} is not supported (postgresql, sqlite, mysql/mariadb)",
             )
+        _core.positive("renew_timeout", renew_timeout)
+        self.renew_timeout = renew_timeout
         self.engine = engine
         self.table = table if table is not None else idempotency_table(self._sa.MetaData())
         self._bind: Any = None
@@ -81,11 +105,12 @@ class SqlStore:
     def in_session(self, session: Any) -> SqlStore:
         """A view of this store whose writes join *session*'s transaction (no commit)."""
         view = object.__new__(SqlStore)
-        view._sa, view._dialect, view.engine, view.table = (
+        view._sa, view._dialect, view.engine, view.table, view.renew_timeout = (
             self._sa,
             self._dialect,
             self.engine,
             self.table,
+            self.renew_timeout,
         )
         view._bind = session
         return view
@@ -96,6 +121,8 @@ class SqlStore:
         sa = self._sa
         if self._dialect == "postgresql":
             expr = sa.func.extract("epoch", sa.func.clock_timestamp()) * 1000
+        elif self._dialect == "mysql":
+            expr = sa.func.unix_timestamp(sa.func.now(3)) * 1000
         else:
             expr = (sa.func.julianday("now") - 2440587.5) * 86400000.0
         return sa.cast(expr, sa.BigInteger)  # type: ignore[no-any-return]
@@ -109,6 +136,29 @@ class SqlStore:
                 return _Buffered(result.all(), result.rowcount)
             return _Buffered([], result.rowcount)
 
+    def _execute_bounded(self, stmt: Any, timeout: float) -> Any:
+        """*stmt* in its own short transaction that waits at most *timeout* seconds."""
+        if self._bind is not None:  # the caller's transaction, the caller's limits
+            return self._bind.execute(stmt)
+        ms = max(1, int(timeout * 1000))
+        with self.engine.connect() as conn:
+            if self._dialect == "postgresql":
+                conn.exec_driver_sql(
+                    f"SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}"
+                )
+                result = conn.execute(stmt)
+            else:  # a session setting, given back before the connection returns to the pool
+                read, write = _WAIT_SETTINGS[self._dialect]
+                limit = max(1, round(timeout)) if self._dialect == "mysql" else ms  # mysql: seconds
+                before = int(conn.exec_driver_sql(read).scalar())
+                conn.exec_driver_sql(write.format(limit))
+                try:
+                    result = conn.execute(stmt)
+                finally:
+                    conn.exec_driver_sql(write.format(before))
+            conn.commit()
+            return _Buffered([], result.rowcount)
+
     @staticmethod
     def _hash(key: str) -> str:
         return hashlib.sha256(key.encode()).hexdigest()
@@ -119,9 +169,10 @@ class SqlStore:
             c.key_hash == self._hash(key), c.token == token, c.state == "p"
         )
 
-    def _update(self, key: str, token: str, **values: Any) -> None:
+    def _update(self, key: str, token: str, *, timeout: float | None = None, **values: Any) -> None:
         stmt = self.table.update().where(self._owned(key, token)).values(**values)
-        if self._execute(stmt).rowcount != 1:
+        result = self._execute(stmt) if timeout is None else self._execute_bounded(stmt, timeout)
+        if result.rowcount != 1:
             raise IdempotencyLeaseLostError(key)
 
     # ------------------------------------------------------------------ operations
@@ -130,6 +181,8 @@ class SqlStore:
         self, key: str, fingerprint: str, token: str, lease_ttl: float, ttl: float
     ) -> ClaimOutcome:
         sa = self._sa
+        if self._dialect == "mysql":
+            return self._claim_mysql(key, fingerprint, token, lease_ttl, ttl)
         insert: Any
         if self._dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -137,27 +190,9 @@ class SqlStore:
             from sqlalchemy.dialects.sqlite import insert
         c = self.table.c
         now = self._now()
-        lease_ms, ttl_ms = _ms(lease_ttl), _ms(ttl)
-        ins = insert(self.table).values(
-            key_hash=self._hash(key),
-            key=key,
-            fingerprint=fingerprint,
-            state="p",
-            token=token,
-            lease_until=now + lease_ms,
-            expires_at=now + max(ttl_ms, lease_ms),
-            result=None,
-            checkpoints="{}",
-        )
+        ins = insert(self.table).values(**self._new_row(key, fingerprint, token, lease_ttl, ttl))
         ex = ins.excluded
-        fresh = sa.or_(c.expires_at <= now, sa.and_(c.state == "r", c.checkpoints == "{}"))
-        takeover = sa.or_(
-            fresh,
-            sa.and_(
-                c.fingerprint == ex.fingerprint,
-                sa.or_(c.state == "r", sa.and_(c.state == "p", c.lease_until <= now)),
-            ),
-        )
+        fresh, takeover = self._takeover(ex.fingerprint)
         stmt = ins.on_conflict_do_update(
             index_elements=[c.key_hash],
             set_={
@@ -175,6 +210,92 @@ class SqlStore:
             },
         ).returning(c.fingerprint, c.state, c.token, c.result, c.checkpoints, (c.lease_until - now))
         row = self._execute(stmt).one()
+        return self._outcome(key, fingerprint, token, row)
+
+    def _new_row(
+        self, key: str, fingerprint: str, token: str, lease_ttl: float, ttl: float
+    ) -> dict[str, Any]:
+        now = self._now()
+        lease_ms, ttl_ms = _ms(lease_ttl), _ms(ttl)
+        return {
+            "key_hash": self._hash(key),
+            "key": key,
+            "fingerprint": fingerprint,
+            "state": "p",
+            "token": token,
+            "lease_until": now + lease_ms,
+            "expires_at": now + max(ttl_ms, lease_ms),
+            "result": None,
+            "checkpoints": "{}",
+        }
+
+    def _takeover(self, new_fingerprint: Any) -> tuple[Any, Any]:
+        """``(fresh, takeover)``: start the record over / hand it to the new claimer."""
+        sa, c, now = self._sa, self.table.c, self._now()
+        fresh = sa.or_(c.expires_at <= now, sa.and_(c.state == "r", c.checkpoints == "{}"))
+        takeover = sa.or_(
+            fresh,
+            sa.and_(
+                c.fingerprint == new_fingerprint,
+                sa.or_(c.state == "r", sa.and_(c.state == "p", c.lease_until <= now)),
+            ),
+        )
+        return fresh, takeover
+
+    def _claim_mysql(
+        self, key: str, fingerprint: str, token: str, lease_ttl: float, ttl: float
+    ) -> ClaimOutcome:
+        """The upsert of `claim` for MySQL/MariaDB, then the row, in one transaction.
+
+        MySQL applies ``ON DUPLICATE KEY UPDATE`` assignments left to right, each
+        seeing the columns already assigned; the order below keeps every
+        condition reading original values, and once ``token`` is assigned it
+        witnesses the takeover (tokens are unique per claim).
+        """
+        from sqlalchemy.dialects.mysql import insert
+
+        sa, c = self._sa, self.table.c
+        ins = insert(self.table).values(**self._new_row(key, fingerprint, token, lease_ttl, ttl))
+        new = ins.inserted
+        fresh, takeover = self._takeover(new.fingerprint)
+        taken = c.token == new.token
+        stmt = ins.on_duplicate_key_update(
+            [
+                ("result", sa.case((fresh, None), else_=c.result)),
+                ("token", sa.case((takeover, new.token), else_=c.token)),
+                ("fingerprint", sa.case((fresh, new.fingerprint), else_=c.fingerprint)),
+                ("checkpoints", sa.case((fresh, "{}"), else_=c.checkpoints)),
+                (
+                    "expires_at",
+                    sa.case(
+                        (fresh, new.expires_at),
+                        (sa.and_(taken, c.expires_at < new.lease_until), new.lease_until),
+                        else_=c.expires_at,
+                    ),
+                ),
+                ("lease_until", sa.case((taken, new.lease_until), else_=c.lease_until)),
+                ("state", sa.case((taken, "p"), else_=c.state)),
+            ]
+        )
+        read = (
+            sa.select(
+                c.fingerprint,
+                c.state,
+                c.token,
+                c.result,
+                c.checkpoints,
+                (c.lease_until - self._now()),
+            )
+            .where(c.key_hash == self._hash(key))
+            .with_for_update()
+        )
+        if self._bind is not None:
+            self._bind.execute(stmt)
+            row = self._bind.execute(read).one()
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+                row = conn.execute(read).one()
         return self._outcome(key, fingerprint, token, row)
 
     def _outcome(self, key: str, fingerprint: str, token: str, row: Any) -> ClaimOutcome:
@@ -218,6 +339,7 @@ class SqlStore:
         self._update(
             key,
             token,
+            timeout=min(self.renew_timeout, lease_ttl / 3),
             lease_until=until,
             expires_at=sa.case((c.expires_at < until, until), else_=c.expires_at),
         )
@@ -231,6 +353,8 @@ class SqlStore:
                 sa.cast(c.checkpoints, JSONB).op("||")(sa.func.jsonb_build_object(name, data)),
                 sa.Text,
             )
+        elif self._dialect == "mysql":
+            merged = sa.func.json_merge_patch(c.checkpoints, sa.func.json_object(name, data))
         else:
             merged = sa.func.json_patch(c.checkpoints, sa.func.json_object(name, data))
         self._update(key, token, checkpoints=merged)
@@ -246,8 +370,15 @@ class SqlStore:
         sa, c = self._sa, self.table.c
         total = 0
         while True:
-            doomed = sa.select(c.key_hash).where(c.expires_at <= self._now()).limit(batch_size)
-            stmt = self.table.delete().where(c.key_hash.in_(doomed.scalar_subquery()))
+            if self._dialect == "mysql":  # no LIMIT inside IN (…) there; DELETE takes one
+                stmt = (
+                    self.table.delete()
+                    .where(c.expires_at <= self._now())
+                    .with_dialect_options(mysql_limit=batch_size)
+                )
+            else:
+                doomed = sa.select(c.key_hash).where(c.expires_at <= self._now()).limit(batch_size)
+                stmt = self.table.delete().where(c.key_hash.in_(doomed.scalar_subquery()))
             deleted = int(self._execute(stmt).rowcount)
             total += deleted
             if deleted < batch_size:

@@ -26,6 +26,7 @@ from examples.codepix.application import (
 from examples.codepix.domain import (
     AccountAlreadyExistsError,
     AccountNotFoundError,
+    InvalidAccountError,
     InvalidAmountError,
     TransactionNotFoundError,
     normalize_key,
@@ -61,7 +62,10 @@ class OpenAccount:
 
     CodePix is asked first: if it is unreachable nothing is stored and the
     caller gets `CodePixUnavailableError`. Announcing is idempotent, so a retry
-    with the same *account_id* after a crash is safe.
+    with the same *account_id* after a crash is safe. That is also why a chosen
+    *account_id* must carry this bank's prefix (``001-...``): CodePix's "exists
+    already" would otherwise let this bank adopt another bank's account, whose
+    transfers CodePix then routes to the other bank.
     """
 
     def __init__(
@@ -75,6 +79,13 @@ class OpenAccount:
         self, owner_name: str, deposit_cents: int = 0, *, account_id: str | None = None
     ) -> AccountView:
         owner = validate_owner(owner_name)
+        prefix = f"{self._profile.code}-"
+        if account_id is not None and not (
+            account_id.startswith(prefix) and 0 < len(account_id) - len(prefix) <= 60
+        ):
+            raise InvalidAccountError(
+                f"an account id here looks like {prefix}..., got {account_id!r}"
+            )
         if deposit_cents != 0:
             validate_amount(deposit_cents)
             if deposit_cents > MAX_DEPOSIT_CENTS:
@@ -168,13 +179,15 @@ class SendTransfer:
             description=description,
         )
         with self._uow() as uow:
+            # Sends from one account take turns (the row lock), so a double submit's second
+            # request finds the first one's transfer below instead of colliding with it.
+            if uow.accounts.get(transfer.account_id, lock=True) is None:
+                raise AccountNotFoundError(f"no account {transfer.account_id!r}")
             existing = uow.transfers.get(transfer.id, Direction.OUT)
             if existing is not None:
                 if not existing.same_request(transfer):
                     raise TransferConflictError(f"transfer {transfer.id} exists with other details")
                 return Sent(existing, created=False)
-            if uow.accounts.get(transfer.account_id) is None:
-                raise AccountNotFoundError(f"no account {transfer.account_id!r}")
             if not uow.accounts.post(
                 transfer.account_id, EntryKind.DEBIT, transfer.amount_cents, transfer.id
             ):

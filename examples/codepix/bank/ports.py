@@ -56,7 +56,8 @@ class StatusChange:
 class Accounts(Protocol):
     """Accounts and their balances."""
 
-    def get(self, account_id: str) -> AccountView | None: ...
+    def get(self, account_id: str, *, lock: bool = False) -> AccountView | None:
+        """The account; with *lock*, held until the unit of work ends (others wait)."""
 
     def all(self) -> Sequence[AccountView]: ...
 

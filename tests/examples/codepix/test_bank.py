@@ -415,6 +415,9 @@ def test_profiles_and_the_transfer_life_cycle() -> None:
         ({"owner_name": "Zed", "deposit_cents": 1.5}, "valid integer"),
         ({"owner_name": "  "}, "owner name"),
         ({}, "Field required"),
+        # Another bank's account id: CodePix knows it, and must not hand it to this bank.
+        ({"owner_name": "Zed", "id": "002-0a1b2c"}, "looks like 001-"),
+        ({"owner_name": "Zed", "id": "001-"}, "looks like 001-"),
     ],
 )
 def test_api_refuses_bad_accounts(

@@ -117,9 +117,11 @@ class Service:
         raise AssertionError(f"{self.name} not ready:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
+        """SIGKILL the running process; fails if it was not running or died of something else."""
         assert self.process is not None
+        assert self.process.poll() is None, f"{self.name} was already dead before the kill"
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        assert self.process.wait(10) == -signal.SIGKILL, f"{self.name} was not killed by SIGKILL"
         self.kills += 1
 
     def terminate(self) -> int:
@@ -273,17 +275,39 @@ def _check_bad_input(
     assert client.get(f"{url}/api/accounts/{person['account']}").json()["balance_cents"] == DEPOSIT
 
 
-def _chaos(services: dict[str, Service], stop: threading.Event, rng: random.Random) -> None:
-    """Kill each service at random moments (each at least twice), restart after a short outage."""
+@dataclass
+class Progress:
+    """How many transfers the clients have had answered (the chaos thread paces on it)."""
+
+    answered: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tick(self) -> None:
+        with self.lock:
+            self.answered += 1
+
+
+def _chaos(
+    services: dict[str, Service],
+    progress: Progress,
+    stop: threading.Event,
+    rng: random.Random,
+    at_kill: list[int],
+) -> None:
+    """Kill each service twice, each kill at a random point *while transfers are being sent*
+    (between 5 % and 85 % of them answered), restart after a short outage. *at_kill* gets the
+    number answered at each kill, so the test can prove every kill landed mid-run."""
     victims = ["codepix", "001", "002"] * 2
     rng.shuffle(victims)
-    for name in victims:
-        if stop.wait(rng.uniform(0.5, 3.0)):
-            return
-        service = services[name]
-        service.kill()
+    marks = sorted(rng.sample(range(TRANSFERS // 20, TRANSFERS * 85 // 100), len(victims)))
+    for name, mark in zip(victims, marks, strict=True):
+        while progress.answered < mark:
+            if stop.wait(0.02):
+                return
+        at_kill.append(progress.answered)
+        services[name].kill()
         time.sleep(rng.uniform(0.3, 2.0))
-        service.start()
+        services[name].start()
 
 
 def test_500_transfers_survive_sigkills_of_codepix_and_both_banks(
@@ -316,16 +340,27 @@ def test_500_transfers_survive_sigkills_of_codepix_and_both_banks(
         )
 
     stop = threading.Event()
-    chaos = threading.Thread(target=_chaos, args=(system, stop, rng), daemon=True)
+    progress = Progress()
+    at_kill: list[int] = []
+    chaos = threading.Thread(
+        target=_chaos, args=(system, progress, stop, rng, at_kill), daemon=True
+    )
     chaos.start()
     deadline = time.monotonic() + 120
+
+    def send(client: httpx.Client, job: tuple[str, dict[str, Any]]) -> httpx.Response:
+        answer = _post(client, f"{job[0]}/api/transfers", job[1], deadline)
+        progress.tick()
+        return answer
+
     with httpx.Client(timeout=3) as client, ThreadPoolExecutor(6) as pool:
-        answers = list(
-            pool.map(lambda job: _post(client, f"{job[0]}/api/transfers", job[1], deadline), plan)
-        )
+        answers = list(pool.map(lambda job: send(client, job), plan))
     driven = time.monotonic()
-    chaos.join(60)  # let every kill and restart happen
+    chaos.join(60)  # the last restart
     stop.set()
+    # Every kill landed while transfers were still being sent (not after the run).
+    assert len(at_kill) == 6, at_kill
+    assert max(at_kill) < TRANSFERS, at_kill
     assert {a.status_code for a in answers} <= {200, 201}, {
         a.text for a in answers if a.status_code > 201
     }
@@ -389,6 +424,7 @@ def _assert_invariants(engines: dict[str, sa.Engine], total_before: int) -> None
     credits: dict[str, int] = {}
     debits: dict[str, int] = {}
     refunds: dict[str, int] = {}
+    moved: dict[str, int] = {}  # transfer id -> sum of its signed entries
     total_after = 0
     for code in ("001", "002"):
         engine = engines[code]
@@ -398,6 +434,7 @@ def _assert_invariants(engines: dict[str, sa.Engine], total_before: int) -> None
         for row in _rows(engine, sa.select(entries).where(entries.c.transfer_id.is_not(None))):
             ledger = {"credit": credits, "debit": debits, "refund": refunds}[row.kind]
             ledger[row.transfer_id] = ledger.get(row.transfer_id, 0) + 1
+            moved[row.transfer_id] = moved.get(row.transfer_id, 0) + row.amount_cents
         for account in _rows(engine, sa.select(accounts)):
             posted = _rows(
                 engine,
@@ -410,6 +447,8 @@ def _assert_invariants(engines: dict[str, sa.Engine], total_before: int) -> None
 
     assert sorted(outgoing) == [f"chaos-{i:03d}" for i in range(TRANSFERS)]
     assert total_after == total_before, "money was created or destroyed"
+    # One entry per (transfer, kind) is also a unique constraint; the sums below are not:
+    # a completed transfer moved exactly its amount, a failed one netted to zero.
     assert max(credits.values()) == 1, "a transfer was credited twice"
     assert max(debits.values()) == 1
     statuses = {tid: row.status for tid, row in outgoing.items()}
@@ -419,6 +458,10 @@ def _assert_invariants(engines: dict[str, sa.Engine], total_before: int) -> None
     assert set(credits) == completed, "credited and completed must be the same transfers"
     assert set(refunds) == failed, "every failed transfer refunded, no other"
     assert set(refunds.values()) == {1}, "a failed transfer was refunded twice"
+    assert all(moved.get(tid) == 0 for tid in outgoing), "a transfer's entries do not net to zero"
+    assert all(credits.get(tid) == 1 and debits.get(tid) == 1 for tid in completed), (
+        "a completed transfer lacks its debit or its credit"
+    )
     assert failed, "the plan includes refused transfers; none failed?"
     cp = codepix_tables.transactions
     at_codepix = {

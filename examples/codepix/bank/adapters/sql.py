@@ -134,8 +134,9 @@ class SqlAccounts:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def get(self, account_id: str) -> AccountView | None:
-        row = self._session.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
+    def get(self, account_id: str, *, lock: bool = False) -> AccountView | None:
+        query = sa.select(accounts).where(accounts.c.id == account_id)
+        row = self._session.execute(query.with_for_update() if lock else query).first()
         return None if row is None else _view(row)
 
     def all(self) -> Sequence[AccountView]:

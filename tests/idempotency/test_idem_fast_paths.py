@@ -126,9 +126,9 @@ def batches(
     sent: list[list[str]] = []
     exchange = _redis._Direct.exchange
 
-    def record(self: Any, conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def record(self: Any, conn: Any, commands: list[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
         sent.append([str(c[0]) for c in commands])
-        return exchange(self, conn, commands)
+        return exchange(self, conn, commands, **kwargs)
 
     monkeypatch.setattr(_redis._Direct, "exchange", record)
     store = RedisStore(redis_client, prefix=redis_prefix)

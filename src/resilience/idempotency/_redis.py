@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -182,9 +183,8 @@ def _forked() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
-# A claim keeps its connection until it settles; claims never settled through
-# this store (a crash inside the caller, a bare `claim`) give theirs back past this many.
-_MAX_HELD = 1024
+# The store opens at most the client pool's max_connections of its own, and never more than this.
+_MAX_CONNECTIONS = 1024
 
 
 @dataclass(slots=True)
@@ -204,11 +204,27 @@ class _Direct:
     on its connection: a pooled connection carrying one could abort the
     application's own ``MULTI``/``EXEC``. An idle connection remembers whether
     it still watches something, and its next batch starts with ``UNWATCH``.
+    At most ``limit`` are open (the client pool's ``max_connections``): when
+    all are busy, the oldest claim gives its connection up (its completion
+    then goes through the fenced script), and when none can, `take` returns
+    None and the caller goes through the client's own pool.
     Renewals use separate connections with a socket timeout, so a stalled
     server cannot freeze the shared heartbeat thread.
     """
 
-    __slots__ = ("_cls", "_gen", "_idle", "_kwargs", "_renew_kwargs", "_renewers", "errors", "held")
+    __slots__ = (
+        "_cls",
+        "_gen",
+        "_idle",
+        "_kwargs",
+        "_lock",
+        "_open",
+        "_renew_kwargs",
+        "_renewers",
+        "errors",
+        "held",
+        "limit",
+    )
 
     def __init__(self, pool: Any, errors: Any, renew_timeout: float) -> None:
         self._cls = pool.connection_class
@@ -223,42 +239,63 @@ class _Direct:
         self._idle: collections.deque[tuple[Any, bool]] = collections.deque()
         self._renewers: collections.deque[Any] = collections.deque()
         self.held: dict[str, _Held] = {}
+        self.limit = max(1, min(int(getattr(pool, "max_connections", 0) or 0), _MAX_CONNECTIONS))
+        self._open = 0
+        self._lock = threading.Lock()
 
-    def take(self) -> tuple[Any, bool]:
-        """A connection and whether it still WATCHes a key."""
+    def take(self) -> tuple[Any, bool] | None:
+        """A connection and whether it still WATCHes a key; None when all are busy."""
         if self._gen != _FORKS[0]:  # the parent's sockets are not ours to use
-            self._gen = _FORKS[0]
+            self._gen, self._open, self._lock = _FORKS[0], 0, threading.Lock()
             self._idle, self._renewers, self.held = collections.deque(), collections.deque(), {}
         try:
             return self._idle.pop()
         except IndexError:
+            pass
+        with self._lock:
+            opened = self._open < self.limit
+            if opened:
+                self._open += 1
+        if opened:
             return self._cls(**self._kwargs), False
+        stale = self._evict()
+        return None if stale is None else (stale.conn, True)
+
+    def _evict(self) -> _Held | None:
+        """The oldest claim's connection, taken back (that claim settles by the script)."""
+        held = self.held
+        for _ in range(4):
+            try:
+                return held.pop(next(iter(held)))
+            except StopIteration:
+                return None
+            except (RuntimeError, KeyError):  # raced with a settling claim
+                continue
+        return None
 
     def give(self, conn: Any, watching: bool) -> None:
         self._idle.append((conn, watching))
 
-    def exchange(self, conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def exchange(
+        self, conn: Any, commands: list[tuple[Any, ...]], *, check_health: bool = True
+    ) -> list[Any]:
         """Send *commands* in one write and read every reply (error replies as values).
 
-        On a socket error redis-py has already closed the connection (it
-        reconnects on next use); the error propagates.
+        On any error the connection is closed (redis-py reconnects it on next
+        use), so no unread reply is left to answer someone else's command.
         """
-        conn.send_packed_command(conn.pack_commands(commands))
+        conn.send_packed_command(conn.pack_commands(commands), check_health=check_health)
         replies = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except self.errors.ResponseError as exc:
-                replies.append(exc)
-        return replies
-
-    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """*commands* on an idle connection, which goes back afterwards."""
-        conn, watching = self.take()
         try:
-            return self.exchange(conn, commands)
-        finally:
-            self.give(conn, watching)
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except self.errors.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return replies
 
     def renew_run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
@@ -270,23 +307,14 @@ class _Direct:
         finally:
             self._renewers.append(conn)
 
-    def hold(self, token: str, held: _Held) -> None:
-        held_now = self.held
-        if len(held_now) >= _MAX_HELD:
-            try:
-                stale = held_now.pop(next(iter(held_now)))
-            except (StopIteration, RuntimeError, KeyError):  # raced with a settling claim
-                pass
-            else:
-                self.give(stale.conn, True)
-        held_now[token] = held
-
     def close(self) -> None:
-        conns = [c for c, _ in self._idle] + list(self._renewers)
-        conns += [h.conn for h in self.held.values()]
+        conns = [c for c, _ in self._idle] + [h.conn for h in self.held.values()]
         self._idle.clear()
-        self._renewers.clear()
         self.held.clear()
+        with self._lock:
+            self._open = max(0, self._open - len(conns))
+        conns += self._renewers
+        self._renewers.clear()
         for conn in conns:
             conn.disconnect()
 
@@ -303,8 +331,9 @@ class RedisStore:
     ``SET NX GET`` (a second round trip, a script, only when the key is running
     or being taken over). Completing is one round trip: with a blocking
     ``redis.Redis``, a ``MULTI``/``SET``/``EXEC`` guarded by the ``WATCH`` the
-    claim placed (the store opens a few connections of its own for that, with
-    the client's settings; `close` closes them); otherwise a short ``EVALSHA``.
+    claim placed (the store opens connections of its own for that, with the
+    client's settings, at most its pool's ``max_connections``; `close` closes
+    them); otherwise a short ``EVALSHA``.
     Leases and expiries use the server's clock (key expiry and ``TIME``), so
     callers' clocks never matter. A record and its checkpoints share a
     ``{hash tag}``, so they live in one Cluster slot. Clients may use
@@ -487,7 +516,11 @@ class RedisStore:
         record = self._new_record(key, fingerprint, token, ttl)
         direct = self._direct
         if direct is not None:
-            return self._direct_claim(direct, key, name, record, fingerprint, token, lease, ttl)
+            taken = direct.take()
+            if taken is not None:
+                return self._direct_claim(
+                    direct, taken, key, name, record, fingerprint, token, lease, ttl
+                )
         try:
             reply = client.execute_command("SET", name, record, "NX", "PX", lease, "GET", get=True)
             if reply is None:
@@ -503,6 +536,7 @@ class RedisStore:
     def _direct_claim(  # noqa: PLR0917 - the hot path, arguments already computed
         self,
         direct: _Direct,
+        taken: tuple[Any, bool],
         key: str,
         name: str,
         record: str,
@@ -515,24 +549,27 @@ class RedisStore:
             ("SET", name, record, "NX", "PX", lease, "GET"),
             ("WATCH", name),
         ]
-        for attempt in (1, 2):  # once more on a dead pooled socket: a resent claim finds itself
-            conn, watching = direct.take()
+        conn, watching = taken
+        for attempt in (1, 2):  # once more on a fresh socket: a resent claim finds itself
             try:
                 replies = direct.exchange(conn, [("UNWATCH",), *commands] if watching else commands)
-            except (self._redis.ConnectionError, self._redis.TimeoutError):
-                direct.give(conn, False)  # closed by redis-py; it reconnects on next use
-                if attempt == 2:
+            except BaseException as exc:  # `exchange` closed it; redis-py reconnects on next use
+                if attempt == 2 or not isinstance(
+                    exc, (self._redis.ConnectionError, self._redis.TimeoutError)
+                ):
+                    direct.give(conn, False)
                     raise
+                watching = False
                 continue
             break
         reply = replies[-2]
         if reply is None:
-            direct.hold(token, _Held(conn, name, fingerprint))
+            direct.held[token] = _Held(conn, name, fingerprint)
             return Claimed(token)
         try:
             outcome = self._fast(key, fingerprint, token, reply)
             if type(outcome) is Claimed:
-                direct.hold(token, _Held(conn, name, fingerprint))
+                direct.held[token] = _Held(conn, name, fingerprint)
                 return outcome
             if outcome is not None:
                 direct.give(conn, True)
@@ -567,7 +604,8 @@ class RedisStore:
     def _call(self, script: str, key: str, args: list[Any], *, renewal: bool = False) -> None:
         name = self.redis_key(key)
         direct = self._direct
-        if direct is None:
+        taken = None if direct is None or renewal else direct.take()
+        if direct is None or (taken is None and not renewal):
             try:
                 reply = self._eval(script, name, args)
             except self._redis.ResponseError as exc:
@@ -579,7 +617,8 @@ class RedisStore:
                     [("EVAL", _SOURCES[script], 2, name, name + ":c", *args)]
                 )
         else:
-            conn, watching = direct.take()
+            assert taken is not None
+            conn, watching = taken
             try:
                 reply = self._script(direct, conn, script, name, args)
             finally:
@@ -592,15 +631,23 @@ class RedisStore:
         held = None if direct is None else direct.held.pop(token, None)
         if held is None or direct is None:
             return False
+        conn = held.conn
         if held.touched or held.name != self.redis_key(key):
-            direct.give(held.conn, True)
+            direct.give(conn, True)
+            return False
+        # A closed connection would reconnect without the WATCH, and so would a
+        # failed health check: EXEC would then run unfenced. Neither may happen.
+        if getattr(conn, "_sock", None) is None:
+            direct.give(conn, False)
             return False
         try:
-            replies = direct.exchange(held.conn, [("MULTI",), *commands, ("EXEC",)])
-        except (self._redis.ConnectionError, self._redis.TimeoutError):
-            direct.give(held.conn, False)  # closed; the script will tell whether EXEC ran
-            return False
-        direct.give(held.conn, False)  # EXEC ends the WATCH, whether it ran or not
+            replies = direct.exchange(conn, [("MULTI",), *commands, ("EXEC",)], check_health=False)
+        except BaseException as exc:
+            direct.give(conn, False)  # closed; the script will tell whether EXEC ran
+            if isinstance(exc, (self._redis.ConnectionError, self._redis.TimeoutError)):
+                return False
+            raise
+        direct.give(conn, False)  # EXEC ends the WATCH, whether it ran or not
         return self._ok(replies[-1])
 
     def _touch(self, token: str) -> None:

@@ -2,16 +2,24 @@
 
 - ``saga.e2e``: whole order sagas (Orders, Stock, Payments, three SQLite files,
   the in-memory broker, outbox relays) completed per second, calm and under chaos.
-- ``saga.step``: one participant step (inbox + business SQL + emitted event) through
-  `SagaParticipant` against the same SQL written by hand in the same transaction.
+- ``saga.kafka``: the same sagas with each service on PostgreSQL and the
+  Kafka-protocol broker between them, wired as in production (relay thread,
+  two consumers per service, timer scheduler).
+- ``saga.step`` / ``saga.step.pg``: one participant step (inbox + business SQL +
+  emitted event) through `SagaParticipant` against the same SQL written by hand
+  in the same transaction, on SQLite and on PostgreSQL.
+
+Every end-to-end round also prints its throughput in sagas/s.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import secrets
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +63,108 @@ def _e2e(per_round: int, chaos: bool) -> Any:
 
     def run() -> int:
         batch = next(_counter)
+        started = time.perf_counter()
         sample.place_orders(
             orders, [(f"o{batch}-{i}", 1, 10) for i in range(per_round)], timeout=3600.0
         )
         harness.run()
+        _throughput("in-memory + SQLite" + (", chaos" if chaos else ""), per_round, started)
         return per_round
 
     return run
 
 
-def _step(per_round: int, mode: str) -> Any:
+def _throughput(label: str, sagas: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    print(f"    {label}: {sagas} sagas in {elapsed:.2f} s = {sagas / elapsed:,.0f} sagas/s")
+
+
+def _schema_url(ctx: Context, stem: str) -> str:
+    """A fresh schema in the benchmark database, and a URL whose connections use it."""
+    import sqlalchemy as sa
+
+    url = ctx.postgres_url()
+    name = f"{stem}_{secrets.token_hex(3)}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    engine.dispose()
+    return f"{url}?options=-csearch_path%3D{name}"
+
+
+class _KafkaSagas:
+    """Order sagas over the Kafka protocol, each service on its PostgreSQL schema.
+
+    Each call places *per_round* orders in batches and returns when every one is
+    confirmed or cancelled: sagas completed end to end.
+    """
+
+    def __init__(self, ctx: Context, per_round: int) -> None:
+        from resilience.messaging import TopicRouter
+
+        sample = _sample()
+        broker = ctx.kafka()
+        token = secrets.token_hex(3)
+        topics = {
+            p: broker.create_topic(f"bench-{p}-{token}", 4) for p in ("order", "stock", "payment")
+        }
+        router = TopicRouter(default=lambda m: topics[m.type.split(".", 1)[0]])
+        self.sample = sample
+        self.per_round = per_round
+        self.orders = sample.orders_service(_schema_url(ctx, "orders"))
+        self.services = (
+            self.orders,
+            sample.stock_service(_schema_url(ctx, "stock"), initial=10**9),
+            sample.payments_service(_schema_url(ctx, "payments"), decline_rate=0.2),
+        )
+        config = {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "group.id": f"bench-{token}",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+        self.deployments = [
+            sample.run_on_kafka(svc, router=router, consumer_config=config, consumers=2)
+            for svc in self.services
+        ]
+        self.place(20)  # warm up: consumer groups joined, connections pooled
+
+    def place(self, n: int) -> None:
+        import sqlalchemy as sa
+
+        batch = next(_counter)
+        plan = [(f"k{batch}-{i}", 1, 10) for i in range(n)]
+        for first in range(0, n, 100):
+            self.sample.place_orders(self.orders, plan[first : first + 100], timeout=3600.0)
+        table = self.orders.metadata.tables["orders"]
+        pending = sa.select(sa.func.count()).where(table.c.status == "pending")
+        deadline = time.monotonic() + 120
+        while True:
+            with self.orders.engine.connect() as conn:
+                if conn.execute(pending).scalar_one() == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("order sagas did not complete within 120 s")
+            time.sleep(0.01)
+
+    def __call__(self) -> int:
+        started = time.perf_counter()
+        self.place(self.per_round)
+        _throughput("Kafka + PostgreSQL", self.per_round, started)
+        return self.per_round
+
+    def close(self) -> None:
+        for deployment in self.deployments:
+            deployment.stop.set()
+        for deployment in self.deployments:
+            deployment.close()
+        for svc in self.services:
+            svc.engine.dispose()
+
+
+def _step(per_round: int, mode: str, url: str | None = None) -> Any:
     import sqlalchemy as sa
     from sqlalchemy.orm import sessionmaker
 
@@ -72,8 +172,9 @@ def _step(per_round: int, mode: str) -> Any:
     from resilience.outbox import Inbox, Outbox
     from resilience.saga import SagaParticipant, StepContext
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_saga_step_"))
-    engine = _sample().make_engine(f"sqlite:///{tmp / 'stock.db'}")
+    if url is None:
+        url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench_saga_step_')) / 'stock.db'}"
+    engine = _sample().make_engine(url)
     metadata = sa.MetaData()
     stock = sa.Table(
         "stock",
@@ -129,6 +230,35 @@ def _step(per_round: int, mode: str) -> Any:
     return run
 
 
+def _step_group(name: str, where: str, steps: int, rounds: int, url: Any) -> Group:
+    """Hand-written step vs `SagaParticipant` step; *url* gives each case its own database."""
+    requires = ("sqlalchemy",) if where == "SQLite" else ("sqlalchemy", "psycopg")
+    return Group(
+        name=name,
+        title=f"One participant step in {where}: {steps} order.created → reserve → stock.reserved (per step)",
+        baseline="hand-written step (inbox + SQL + outbox)",
+        cases=[
+            Case(
+                "hand-written step (inbox + SQL + outbox)",
+                setup=lambda: _step(steps, "hand", url("hand")),
+                kind="batch",
+                requires=requires,
+                note="Inbox.record, guarded UPDATE, INSERT, Outbox.add in one transaction",
+            ),
+            Case(
+                "SagaParticipant step",
+                setup=lambda: _step(steps, "saga", url("saga")),
+                kind="batch",
+                requires=requires,
+                note="plus the step record (compensation bookkeeping) and a saga-log row",
+            ),
+        ],
+        targets=[Target("SagaParticipant step", 1.3)],
+        rounds=rounds,
+        quick_rounds=1,
+    )
+
+
 def groups(ctx: Context) -> list[Group]:
     e2e = 20 if ctx.quick else 200
     steps = 50 if ctx.quick else 1_000
@@ -159,27 +289,24 @@ def groups(ctx: Context) -> list[Group]:
             quick_rounds=1,
         ),
         Group(
-            name="saga.step",
-            title=f"One participant step in SQLite: {steps} order.created → reserve → stock.reserved (per step)",
-            baseline="hand-written step (inbox + SQL + outbox)",
+            name="saga.kafka",
+            title=f"Order saga end to end: {e2e} orders, 3 PostgreSQL services + Kafka protocol (per saga)",
+            baseline="order saga over Kafka, no chaos",
             cases=[
                 Case(
-                    "hand-written step (inbox + SQL + outbox)",
-                    setup=lambda: _step(steps, "hand"),
+                    "order saga over Kafka, no chaos",
+                    setup=lambda: _KafkaSagas(ctx, e2e),
                     kind="batch",
-                    requires=sql,
-                    note="Inbox.record, guarded UPDATE, INSERT, Outbox.add in one transaction",
-                ),
-                Case(
-                    "SagaParticipant step",
-                    setup=lambda: _step(steps, "saga"),
-                    kind="batch",
-                    requires=sql,
-                    note="plus the step record (compensation bookkeeping) and a saga-log row",
+                    requires=("sqlalchemy", "psycopg", "confluent_kafka"),
+                    teardown=lambda sagas: sagas.close(),
+                    note="relay thread, 2 consumers and a timer scheduler per service; 4 partitions",
                 ),
             ],
-            targets=[Target("SagaParticipant step", 1.3)],
             rounds=rounds,
             quick_rounds=1,
+        ),
+        _step_group("saga.step", "SQLite", steps, rounds, lambda _: None),
+        _step_group(  # a commit waits for the WAL flush here: fewer steps, same ratio
+            "saga.step.pg", "PostgreSQL", steps // 4, rounds, lambda case: _schema_url(ctx, case)
         ),
     ]

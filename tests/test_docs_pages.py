@@ -173,13 +173,6 @@ def test_the_operations_page_names_real_metrics_and_components() -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
-# Commands whose parser another helper owns and which have no example yet; each is
-# reported to its owner. test_every_command_help_has_examples fails once one is fixed.
-CLI_AWAITING_EXAMPLES = {
-    "resilience saga": "src/resilience/saga/_cli.py",
-    "resilience saga show": "src/resilience/saga/_cli.py",
-}
-
 
 def _commands() -> dict[str, tuple[argparse.ArgumentParser, dict[str, str]]]:
     """Every command path → (its parser, its subcommands' one-line helps)."""
@@ -208,13 +201,9 @@ def test_every_command_is_listed_with_a_one_line_description() -> None:
 
 
 def test_every_command_help_has_examples() -> None:
-    lacking, fixed = [], []
-    for path, (parser, _) in _commands().items():
-        has_example = re.search(r"^examples?:$", parser.format_help(), re.MULTILINE) is not None
-        if path in CLI_AWAITING_EXAMPLES:
-            if has_example:
-                fixed.append(path)  # drop it from CLI_AWAITING_EXAMPLES
-        elif not has_example:
-            lacking.append(path)
+    lacking = [
+        path
+        for path, (parser, _) in _commands().items()
+        if re.search(r"^examples?:$", parser.format_help(), re.MULTILINE) is None
+    ]
     assert lacking == []
-    assert fixed == []

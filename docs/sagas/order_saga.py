@@ -8,26 +8,39 @@ and runs the same services against PostgreSQL and Kafka too.
 from __future__ import annotations
 
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from resilience.messaging import Message
-from resilience.outbox import Inbox, Outbox
+from resilience.messaging import (
+    Consumer,
+    KafkaPublisher,
+    KafkaSubscription,
+    Message,
+    RetryBackoff,
+    Router,
+)
+from resilience.outbox import Inbox, Outbox, Relay
 from resilience.saga import (
     ChaosHarness,
     ChaosOptions,
     SagaDefinition,
     SagaParticipant,
     SagaStore,
+    SagaTimerScheduler,
     StepContext,
 )
 from resilience.testing import FakeClock
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 # --8<-- [start:definition]
 ORDER_SAGA = SagaDefinition(
@@ -142,25 +155,48 @@ def orders_service(url: str, clock: FakeClock | None = None) -> Service:
     return svc
 
 
-def place_orders(svc: Service, orders: list[tuple[str, int, int]], *, timeout: float) -> None:
-    """Create orders (id, qty, amount): row + saga + timer + order.created, atomically."""
+def place_orders(
+    svc: Service,
+    orders: list[tuple[str, int, int]],
+    *,
+    timeout: float,
+    tracer: Tracer | None = None,
+) -> None:
+    """Create orders (id, qty, amount): row + saga + timer + order.created, atomically.
+
+    With a *tracer*, each order gets a root span of its own (as if each came in
+    its own request): the event and the timer capture it, so one saga is one trace.
+    """
     table = svc.metadata.tables["orders"]
     with svc.session() as session, session.begin():
         for order_id, qty, amount in orders:
-            session.execute(
-                table.insert().values(order_id=order_id, status="pending", qty=qty, amount=amount)
-            )
-            svc.participant.start(
-                session,
-                order_id,
-                data={"qty": qty, "amount": amount},
-                timeout=timeout,
-                emit=Message(
-                    "order.created",
-                    {"order_id": order_id, "sku": SKU, "qty": qty, "amount": amount},
-                    key=order_id,
-                ),
-            )
+            with _order_span(tracer, order_id):
+                session.execute(
+                    table.insert().values(
+                        order_id=order_id, status="pending", qty=qty, amount=amount
+                    )
+                )
+                svc.participant.start(
+                    session,
+                    order_id,
+                    data={"qty": qty, "amount": amount},
+                    timeout=timeout,
+                    emit=Message(
+                        "order.created",
+                        {"order_id": order_id, "sku": SKU, "qty": qty, "amount": amount},
+                        key=order_id,
+                    ),
+                )
+
+
+def _order_span(tracer: Tracer | None, order_id: str) -> AbstractContextManager[object]:
+    if tracer is None:
+        return nullcontext()
+    from opentelemetry.context import Context
+
+    return tracer.start_as_current_span(
+        "place order", context=Context(), attributes={"order.id": order_id}
+    )
 
 
 # --8<-- [end:orders]
@@ -335,6 +371,71 @@ def check_invariants(orders: Service, stock: Service, payments: Service, *, init
 
 
 # --8<-- [end:invariants]
+
+
+# --8<-- [start:deploy]
+@dataclass
+class Deployment:
+    """One service running as in production: outbox relay, consumers, timer scheduler."""
+
+    relay: Relay
+    publisher: KafkaPublisher
+    consumers: list[threading.Thread]
+    scheduler: SagaTimerScheduler
+    stop: threading.Event
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Finish the messages in hand, then stop publishing and firing timers."""
+        self.stop.set()
+        for thread in self.consumers:
+            thread.join(timeout)
+        try:
+            self.relay.stop()
+        finally:
+            self.publisher.close()
+            self.scheduler.stop()
+
+
+def run_on_kafka(
+    svc: Service,
+    *,
+    router: Router,
+    consumer_config: dict[str, Any],
+    consumers: int = 1,
+    handler: Callable[[Message], object] | None = None,
+) -> Deployment:
+    """Start *svc* against a Kafka-protocol broker: its relay publishes what its
+    steps committed, *consumers* members of one consumer group (named after the
+    service) feed it the events it handles, and its scheduler fires its timers."""
+    participant = svc.participant
+    bootstrap = consumer_config["bootstrap.servers"]
+    publisher = KafkaPublisher(bootstrap, router=router, timeout=10.0)
+    relay = Relay(svc.engine, participant.outbox, publisher, idle_max=0.1, listen=False).start()
+    group = f"{consumer_config['group.id']}-{participant.name}"
+    stop = threading.Event()
+    threads = []
+    for _ in range(consumers):
+        subscription = KafkaSubscription(
+            {**consumer_config, "group.id": group}, participant.destinations(router), group
+        )
+        consumer = Consumer(
+            subscription,
+            handler or participant.handle,
+            name=participant.name,
+            backoff=RetryBackoff(initial=0.01, maximum=0.1, jitter=0.01),
+            dead_letter_after=100,
+            permanent_errors=participant.permanent_errors,
+            poll_timeout=0.1,
+        )
+        threads.append(threading.Thread(target=consumer.run, args=(stop,), daemon=True))
+    scheduler = SagaTimerScheduler(participant, interval=0.1)
+    scheduler.start()
+    for thread in threads:
+        thread.start()
+    return Deployment(relay, publisher, threads, scheduler, stop)
+
+
+# --8<-- [end:deploy]
 
 
 def main(n: int = 200, seed: int = 7) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -65,6 +69,65 @@ def test_timeout_survives_a_restart_and_compensates(
     assert SagaTimerScheduler(restarted.participant).run_once().fired == 0
     restarted.engine.dispose()
     stock.engine.dispose()
+
+
+@contextmanager
+def _orders_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """The Orders service in a process of its own (tests/saga/orders_main.py), SIGKILLed at exit."""
+    main = Path(__file__).with_name("orders_main.py")
+    process = subprocess.Popen(
+        [sys.executable, str(main), *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "up"
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.mark.integration  # spawns the service as processes
+def test_timeout_fires_after_the_owner_is_killed_and_restarted(
+    order_saga: ModuleType, pg_schema: Any
+) -> None:
+    """Nobody answers order-1; Orders is SIGKILLed before its deadline; a fresh
+    process of the service, which never saw the order, fires the timer."""
+    url = pg_schema("orders")
+    with _orders_process(url, "place", "2.0"):
+        pass  # placed, then killed: no chance to fire (2 s deadline)
+    orders = order_saga.orders_service(url)  # only to read the tables
+    store = orders.participant.store
+    with orders.engine.connect() as conn:
+        assert store.get(conn, "order-1").state == "pending"
+        (timer,) = store.timers(conn)
+        assert timer.fire_at > store.now(conn)  # not due yet when the owner died
+    with _orders_process(url, "serve"):  # the restart
+        deadline = time.monotonic() + 20
+        while True:
+            with orders.engine.connect() as conn:
+                if store.get(conn, "order-1").state != "pending":
+                    break
+            assert time.monotonic() < deadline, "the timer did not fire after the restart"
+            time.sleep(0.1)
+    with orders.engine.connect() as conn:
+        log = [
+            (e.event_type, e.from_state, e.to_state, e.outcome)
+            for e in store.history(conn, "order-1")
+        ]
+        assert store.timers(conn) == []
+        outbox = orders.participant.outbox.table
+        emitted = conn.execute(sa.select(outbox.c.type).order_by(outbox.c.position)).scalars().all()
+        status = conn.execute(sa.select(orders.metadata.tables["orders"].c.status)).scalar_one()
+    assert log == [
+        ("saga.started", None, "pending", "accepted"),
+        ("saga.timeout", "pending", "cancelled", "accepted"),
+    ]
+    assert emitted == ["order.created", "order.cancelled"]  # the compensations' trigger
+    assert status == "cancelled"
+    orders.engine.dispose()
 
 
 def test_timer_of_a_finished_saga_is_a_logged_no_op(

@@ -6,7 +6,10 @@ signature or a return type turns into ``Any``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import assert_type
+
+from sqlalchemy.orm import Session
 
 from resilience import (
     Bulkhead,
@@ -20,6 +23,12 @@ from resilience import (
 )
 from resilience.idempotency import MemoryStore
 from resilience.messaging import Message, decode_message, encode_message
+from resilience.saga import (
+    AsyncSagaParticipant,
+    SagaInstance,
+    SagaParticipant,
+    SagaTimerScheduler,
+)
 
 breaker = CircuitBreaker("correios")
 
@@ -76,3 +85,15 @@ assert_type(error.retry_after, float)
 
 message = Message(type="order.created", key="o-1", payload={"cents": 4990})
 assert_type(decode_message(encode_message(message)), Message)
+
+
+async def saga_async_uses(participant: SagaParticipant, saga_id: str) -> None:
+    driver = AsyncSagaParticipant(participant)
+    assert_type(await driver.handle(Message("stock.reserved", key=saga_id)), bool)
+
+    def place(session: Session) -> SagaInstance:
+        return participant.start(session, saga_id, timeout=30.0)
+
+    assert_type(await driver.transaction(place), SagaInstance)
+    assert_type(await driver.transaction(lambda session: 42), int)
+    await SagaTimerScheduler(participant).arun(asyncio.Event())

@@ -4,6 +4,8 @@
   steps, ``@participant.compensate(event)`` undo, and for the owning service a
   `SagaDefinition` state machine with ``@participant.entered(state)`` hooks.
   Every handler runs in one transaction with the inbox and the outbox.
+- `AsyncSagaParticipant` awaits the same steps from asyncio code (an
+  `AsyncConsumer` handler); ``SagaTimerScheduler.arun`` fires timers there.
 - `SagaStore` keeps saga state (optimistic lock), the saga log, timers and
   step records; `SagaTimerScheduler` fires persisted deadlines.
 - `ChaosHarness` / `run_with_chaos` test a saga against duplicates, delays,
@@ -13,6 +15,7 @@ SQLAlchemy (extra ``sql``) is imported when these are first used, never by
 ``import resilience.saga``.
 """
 
+from ._async import AsyncSagaParticipant
 from ._chaos import ChaosHarness, ChaosOptions, ChaosReport, InjectedCrash, run_with_chaos
 from ._definition import DEFAULT_TIMEOUT_EVENT, Decision, SagaDefinition
 from ._participant import SagaParticipant, StepContext, StepHandler
@@ -23,6 +26,7 @@ from ._timers import SagaTimerScheduler, TimerRun
 __all__ = [
     "DEFAULT_SAGA_PREFIX",
     "DEFAULT_TIMEOUT_EVENT",
+    "AsyncSagaParticipant",
     "ChaosHarness",
     "ChaosOptions",
     "ChaosReport",

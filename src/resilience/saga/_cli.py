@@ -91,10 +91,29 @@ def _show(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``saga show`` to the ``resilience`` command."""
-    saga = subparsers.add_parser("saga", help="inspect sagas (state, log, steps, timers)")
+    saga = subparsers.add_parser(
+        "saga",
+        help="inspect sagas (state, log, steps, timers)",
+        description="Inspect the sagas a service owns, in that service's database.",
+        epilog="example:\n  resilience saga show 0193c0de-7f1e-7a3b-9d2c-5e8f00000001 --url sqlite:///orders.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     saga.set_defaults(handler=lambda args: (saga.print_help(), 0)[1])
     commands = saga.add_subparsers(title="saga commands", metavar="COMMAND")
-    show = commands.add_parser("show", help="one saga's state, event log, steps and timers")
+    show = commands.add_parser(
+        "show",
+        help="one saga's state, event log, steps and timers",
+        description=(
+            "Print one saga: its state and version, every event and transition in order"
+            " (rejected ones included, with the reason), its steps and pending timers."
+        ),
+        epilog=(
+            "examples:\n"
+            "  resilience saga show ORDER_ID --url postgresql://app@db/orders\n"
+            "  resilience saga show ORDER_ID --url sqlite:///orders.db --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     show.add_argument("saga_id", metavar="ID")
     show.add_argument("--url", required=True, help="SQLAlchemy URL of the service's database")
     show.add_argument("--prefix", default=DEFAULT_SAGA_PREFIX, help="saga table prefix")

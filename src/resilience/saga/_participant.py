@@ -346,6 +346,11 @@ class SagaParticipant:
         return sorted({router(Message(type=t)) for t in self.event_types - local})
 
     @property
+    def sessionmaker(self) -> Callable[[], Session]:
+        """Makes the Sessions steps run in (for transactions of your own, e.g. `start`)."""
+        return self._sessionmaker
+
+    @property
     def outbox(self) -> Outbox:
         """The outbox emitted events go to (run a `Relay` on it)."""
         return self._outbox

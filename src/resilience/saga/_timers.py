@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -121,13 +123,28 @@ class SagaTimerScheduler:
         """Run until *stop* (or `stop`) is set, waiting *interval* between idle runs."""
         event = stop if stop is not None else self._stop
         while not event.is_set():
-            result = self.run_once()
-            if result.fired >= self.batch_size:
-                continue  # more may be due
+            if self._more_due(self.run_once()):
+                continue
             if isinstance(self._clock, MonotonicClock):
                 event.wait(self.interval)
             else:
                 self._clock.sleep(self.interval)
+
+    async def arun(self, stop: asyncio.Event) -> None:
+        """`run` for asyncio services: each `run_once` (blocking SQL) runs on a worker
+        thread, and the loop is free while it waits between runs."""
+        while not stop.is_set():
+            if self._more_due(await asyncio.to_thread(self.run_once)):
+                continue
+            if isinstance(self._clock, MonotonicClock):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.interval)
+            else:
+                await self._clock.asleep(self.interval)
+
+    def _more_due(self, result: TimerRun) -> bool:
+        """A full batch fired: more timers may be due, so run again at once."""
+        return result.fired >= self.batch_size
 
     def start(self) -> None:
         """Run in a daemon thread until `stop`."""

@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL, Redis, SQLite and a Kafka-protocol broker.
+"""Shared fixtures: real PostgreSQL, Redis, MariaDB, SQLite and a Kafka-protocol broker.
 
 A test that uses a service fixture is marked ``integration`` automatically, so
 ``pytest -m "not integration"`` runs the unit tests alone in seconds.
@@ -30,11 +30,13 @@ RUN_ID = secrets.token_hex(3)
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+MARIADB_HOST, MARIADB_PORT = "127.0.0.1", 3306
 
 SERVICE_FIXTURES = frozenset(
     {
         "postgres_url",
         "postgres_dsn",
+        "mariadb_url",
         "redis_url",
         "redis_client",
         "kafka_broker",
@@ -45,6 +47,14 @@ SERVICE_FIXTURES = frozenset(
 )
 
 _START_COMMANDS: dict[str, list[str]] = {
+    "MariaDB": [
+        "start-stop-daemon",
+        "--start",
+        "--oknodo",
+        "--background",
+        "--exec",
+        "/usr/sbin/mariadbd",
+    ],
     "PostgreSQL": [
         "sh",
         "-c",
@@ -71,7 +81,7 @@ _START_COMMANDS: dict[str, list[str]] = {
 }
 
 
-SERVER_BACKENDS = frozenset({"redis", "postgres", "postgresql", "kafka"})
+SERVER_BACKENDS = frozenset({"redis", "postgres", "postgresql", "mariadb", "mysql", "kafka"})
 
 
 def _uses_a_server(item: pytest.Item) -> bool:
@@ -133,6 +143,38 @@ def postgres_dsn() -> Iterator[str]:
 def postgres_url(postgres_dsn: str) -> str:
     """SQLAlchemy URL (psycopg 3 driver) of the session's fresh database."""
     return postgres_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """SQLAlchemy URL (pymysql driver) of a fresh MariaDB/MySQL database for this session.
+
+    ``MARIADB_URL`` points the tests at another server (its database part is
+    replaced by the per-session one).
+    """
+    import sqlalchemy as sa
+
+    _ensure_listening("MariaDB", MARIADB_HOST, MARIADB_PORT)
+    base = sa.make_url(
+        os.environ.get("MARIADB_URL", f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/test")
+    )
+    name = f"rt_{RUN_ID}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    except (sa.exc.OperationalError, ModuleNotFoundError) as exc:
+        admin.dispose()
+        unavailable("MariaDB", f"cannot create a test database at {base}: {exc}")
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
 
 
 # --------------------------------------------------------------------------- SQLite

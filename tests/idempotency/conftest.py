@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,35 +11,6 @@ import pytest
 from resilience.idempotency import MemoryStore, RedisStore, SqlStore, idempotency_table
 
 StoreFactory = Callable[[], Any]
-
-MARIADB_URL = os.environ.get("MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
-
-
-@pytest.fixture(scope="session")
-def mariadb_url() -> str:
-    """SQLAlchemy URL of the MariaDB/MySQL test database (tables are per test, dropped after)."""
-    import importlib.util
-
-    import sqlalchemy as sa
-
-    in_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-    reason = ""
-    if importlib.util.find_spec("pymysql") is None:
-        reason = "the pymysql driver is not installed"
-    else:
-        engine = sa.create_engine(MARIADB_URL)
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except sa.exc.OperationalError as exc:
-            reason = f"MariaDB at {MARIADB_URL} is not reachable: {exc.orig}"
-        finally:
-            engine.dispose()
-    if reason:
-        if in_ci:
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
-    return MARIADB_URL
 
 
 def sql_engine(url: str) -> Any:

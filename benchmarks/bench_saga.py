@@ -250,7 +250,7 @@ def _step_group(name: str, where: str, steps: int, rounds: int, url: Any) -> Gro
                 setup=lambda: _step(steps, "saga", url("saga")),
                 kind="batch",
                 requires=requires,
-                note="plus the step record (compensation bookkeeping) and a saga-log row",
+                note="plus the step record and its saga-log row (one statement on PostgreSQL)",
             ),
         ],
         targets=[Target("SagaParticipant step", 1.3)],

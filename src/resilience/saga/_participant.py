@@ -24,7 +24,7 @@ from resilience.outbox._inbox import Inbox
 from resilience.outbox._outbox import Outbox
 
 from ._definition import Outcome, SagaDefinition
-from ._store import SagaInstance, SagaStore, Transition
+from ._store import LogLine, SagaInstance, SagaStore, Transition
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -546,20 +546,24 @@ class SagaParticipant:
         store, session, message = self.store, ctx.session, ctx.message
         outcome: Outcome = "skipped"
         step = self._steps.get(message.type)
+        # The log line of a claim or compensation is written with it (one statement
+        # on PostgreSQL), before the handler runs: same transaction, same result.
         if step is not None:
             name, fn = step
-            existing = store.claim_step(session, self.name, ctx.saga_id, name, "done")
+            line = _line(message, "accepted", name, "done")
+            existing = store.claim_step(session, self.name, ctx.saga_id, name, "done", log=line)
             if existing is None:
                 _collect(ctx, fn(ctx))
                 outcome = "accepted"
-                self._log(ctx, outcome, name, "done")
             else:
                 self._log(ctx, "skipped", name, existing, f"step {name!r} is already {existing}")
         for comp in self._compensations.get(message.type, ()):
-            existing = store.claim_step(session, self.name, ctx.saga_id, comp.step, "aborted")
+            line = _line(message, "aborted", comp.step, "aborted", "compensation before its step")
+            existing = store.claim_step(
+                session, self.name, ctx.saga_id, comp.step, "aborted", log=line
+            )
             if existing is None:
                 outcome = "aborted"
-                self._log(ctx, outcome, comp.step, "aborted", "compensation before its step")
             elif existing == "done":
                 if not store.mark_step(
                     session,
@@ -568,11 +572,11 @@ class SagaParticipant:
                     comp.step,
                     expected="done",
                     status="compensated",
+                    log=_line(message, "accepted", comp.step, "compensated"),
                 ):
                     raise ConcurrentSagaUpdateError(ctx.saga_id, "step changed concurrently")
                 _collect(ctx, comp.fn(ctx))
                 outcome = "accepted"
-                self._log(ctx, outcome, comp.step, "compensated")
             else:
                 self._log(ctx, "skipped", comp.step, existing, f"step {comp.step!r} is {existing}")
         return outcome
@@ -618,6 +622,13 @@ class SagaParticipant:
 
     def __repr__(self) -> str:
         return f"SagaParticipant({self.name!r}, events={sorted(self.event_types)})"
+
+
+def _line(
+    message: Message, outcome: Outcome, step: str, status: str, detail: str | None = None
+) -> LogLine:
+    """The saga-log line of a step record: ``to_state`` is ``step:status``."""
+    return LogLine(message.type, outcome, message.id, to_state=f"{step}:{status}", detail=detail)
 
 
 def _collect(ctx: StepContext, result: object) -> None:

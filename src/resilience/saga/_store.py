@@ -28,10 +28,22 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
-__all__ = ["SagaInstance", "SagaLogEntry", "SagaStore", "SagaTimer", "Transition"]
+__all__ = ["LogLine", "SagaInstance", "SagaLogEntry", "SagaStore", "SagaTimer", "Transition"]
 
 _MAX_DETAIL: Final = 2000
 _ON_CONFLICT_DIALECTS: Final = frozenset({"postgresql", "sqlite"})
+_LOG_COLUMNS: Final = (
+    "saga_id",
+    "participant",
+    "event_type",
+    "message_id",
+    "from_state",
+    "to_state",
+    "outcome",
+    "detail",
+    "trace_id",
+    "at",
+)
 
 
 def _utcnow() -> dt.datetime:
@@ -77,6 +89,23 @@ class Transition:
     def entered(self) -> bool:
         """True when the saga moved to a different state."""
         return self.outcome == "accepted" and self.from_state != self.to_state
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """A saga-log line that records a state or step change (see `SagaStore.claim_step`).
+
+    Passed to the method making the change, so PostgreSQL writes both in one
+    statement (a data-modifying CTE): the line exists exactly when the change
+    happened, for one round trip instead of two.
+    """
+
+    event_type: str
+    outcome: Outcome
+    message_id: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +164,7 @@ class SagaStore:
             whatever its host's clock says. Tests inject a fake clock.
     """
 
-    __slots__ = ("_claims", "_get", "_now", "tables")
+    __slots__ = ("_get", "_now", "_statements", "tables")
 
     def __init__(
         self,
@@ -151,7 +180,7 @@ class SagaStore:
             raise ConfigurationError("now", "must be None or callable() -> epoch seconds")
         self.tables: SagaTables = saga_tables(metadata, prefix)
         self._now = now
-        self._claims: dict[str, Any] = {}
+        self._statements: dict[tuple[str, str, bool], Any] = {}
         t = self.tables.instances
         self._get = sql.select(t).where(t.c.saga_id == sql.bindparam("saga_id"))
 
@@ -275,15 +304,21 @@ class SagaStore:
         decision = definition.decide(instance.state, event_type, timer=timer)
         if decision.outcome == "rejected":
             raise IllegalTransitionError(saga_id, instance.state, event_type)
+        line = LogLine(
+            event_type, decision.outcome, message_id, decision.from_state, decision.to_state
+        )
         new_version = instance.version
         if decision.outcome == "accepted":
-            t = self.tables.instances
-            result = connection.execute(
-                t.update()
-                .where(t.c.saga_id == saga_id, t.c.version == instance.version)
-                .values(state=decision.to_state, version=instance.version + 1, updated_at=_utcnow())
-            )
-            if result.rowcount != 1:
+            move = {
+                "m_saga_id": saga_id,
+                "m_version": instance.version,
+                "m_state": decision.to_state,
+                "m_new_version": instance.version + 1,
+                "m_updated_at": _utcnow(),
+            }
+            if not self._change_logged(
+                connection, "move", move, saga_id=saga_id, participant=participant, line=line
+            ):
                 raise ConcurrentSagaUpdateError(
                     saga_id,
                     f"saga {saga_id!r} was moved by another transaction while applying "
@@ -292,16 +327,8 @@ class SagaStore:
             new_version += 1
             if decision.entered and definition.is_terminal(decision.to_state):
                 self.cancel_timers(connection, saga_id)
-        self.log(
-            connection,
-            saga_id,
-            participant=participant,
-            event_type=event_type,
-            outcome=decision.outcome,
-            message_id=message_id,
-            from_state=decision.from_state,
-            to_state=decision.to_state,
-        )
+        else:
+            self._write_log(connection, saga_id, participant, line)
         return Transition(
             saga_id,
             event_type,
@@ -328,21 +355,114 @@ class SagaStore:
         detail: str | None = None,
     ) -> None:
         """Append one line to the saga log (in the caller's transaction)."""
-        connection_of(conn).execute(
-            self.tables.log.insert(),
-            {
-                "saga_id": saga_id,
-                "participant": participant,
-                "event_type": event_type,
-                "message_id": message_id,
-                "from_state": from_state,
-                "to_state": to_state,
-                "outcome": outcome,
-                "detail": detail[:_MAX_DETAIL] if detail else None,
-                "trace_id": _trace_id(),
-                "at": _utcnow(),
-            },
-        )
+        line = LogLine(event_type, outcome, message_id, from_state, to_state, detail)
+        self._write_log(connection_of(conn), saga_id, participant, line)
+
+    def _write_log(
+        self, connection: sa.Connection, saga_id: str, participant: str, line: LogLine
+    ) -> None:
+        stmt = self._statement("log", "")
+        connection.execute(stmt, _log_values(saga_id, participant, line))
+
+    def _change_logged(
+        self,
+        connection: sa.Connection,
+        kind: str,
+        params: dict[str, Any],
+        *,
+        saga_id: str,
+        participant: str,
+        line: LogLine | None,
+    ) -> bool:
+        """Run the change *kind* (``claim``, ``mark`` or ``move``) and, if it changed a
+        row, write *line*; True if it changed a row.
+
+        PostgreSQL: one statement, the change in a CTE whose RETURNING row feeds
+        ``INSERT INTO log ... SELECT``. Elsewhere: the change, then the line.
+        """
+        dialect = connection.dialect.name
+        if line is not None and dialect == "postgresql":
+            stmt = self._statement(kind, dialect, logged=True)
+            values = {f"log_{k}": v for k, v in _log_values(saga_id, participant, line).items()}
+            return connection.execute(stmt, {**params, **values}).first() is not None
+        changed = self._change(connection, kind, dialect, params)
+        if changed and line is not None:
+            self._write_log(connection, saga_id, participant, line)
+        return changed
+
+    def _change(
+        self, connection: sa.Connection, kind: str, dialect: str, params: dict[str, Any]
+    ) -> bool:
+        stmt = self._statement(kind, dialect)
+        if kind != "claim":
+            return connection.execute(stmt, params).rowcount == 1
+        if dialect in _ON_CONFLICT_DIALECTS:
+            return connection.execute(stmt, params).first() is not None
+        sql = require("sqlalchemy", "sql")
+        try:
+            with connection.begin_nested():
+                connection.execute(stmt, params)
+        except sql.exc.IntegrityError:
+            return False
+        return True
+
+    def _statement(self, kind: str, dialect: str, *, logged: bool = False) -> Any:
+        """Built once per kind and dialect (values come as parameters): building a
+        statement costs more than running it, and the statement cache does the rest."""
+        key = (kind, dialect, logged)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            built = self._pg_logged(kind) if logged else self._change_statement(kind, dialect)
+            stmt = self._statements[key] = built
+        return stmt
+
+    def _change_statement(self, kind: str, dialect: str) -> Any:
+        """The statement behind a change; with RETURNING for the ON CONFLICT dialects."""
+        sql = require("sqlalchemy", "sql")
+        p = sql.bindparam
+        if kind == "log":
+            return self.tables.log.insert()
+        if kind == "move":
+            t = self.tables.instances
+            return (
+                t.update()
+                .where(t.c.saga_id == p("m_saga_id"), t.c.version == p("m_version"))
+                .values(
+                    state=p("m_state"), version=p("m_new_version"), updated_at=p("m_updated_at")
+                )
+            )
+        s = self.tables.steps
+        if kind == "mark":
+            return (
+                s.update()
+                .where(
+                    s.c.participant == p("s_participant"),
+                    s.c.saga_id == p("s_saga_id"),
+                    s.c.step == p("s_step"),
+                    s.c.status == p("s_expected"),
+                )
+                .values(status=p("s_status"), updated_at=p("s_updated_at"))
+            )
+        values = {
+            c: p(f"s_{c}") for c in ("participant", "saga_id", "step", "status", "updated_at")
+        }
+        if dialect in _ON_CONFLICT_DIALECTS:
+            module = require(f"sqlalchemy.dialects.{dialect}", "sql")
+            return module.insert(s).values(values).on_conflict_do_nothing().returning(s.c.step)
+        return s.insert().values(values)
+
+    def _pg_logged(self, kind: str) -> Any:
+        sql = require("sqlalchemy", "sql")
+        change = self._change_statement(kind, "postgresql")
+        if kind != "claim":  # the claim returns its row already (ON CONFLICT DO NOTHING)
+            table = self.tables.instances if kind == "move" else self.tables.steps
+            change = change.returning(table.c.saga_id)
+        changed = change.cte(f"saga_{kind}")
+        log = self.tables.log
+        row = sql.select(
+            *(sql.bindparam(f"log_{c}", type_=log.c[c].type) for c in _LOG_COLUMNS)
+        ).select_from(changed)
+        return log.insert().from_select(list(_LOG_COLUMNS), row).returning(log.c.id)
 
     def history(self, conn: sa.Connection | Session, saga_id: str) -> list[SagaLogEntry]:
         """Every log line of *saga_id*, oldest first."""
@@ -448,40 +568,28 @@ class SagaStore:
         saga_id: str,
         step: str,
         status: str,
+        *,
+        log: LogLine | None = None,
     ) -> str | None:
-        """Record *status* for a step seen for the first time.
+        """Record *status* for a step seen for the first time (and *log*, if given).
 
-        Returns None when this call recorded it, else the status already there.
-        On PostgreSQL a concurrent claim of the same step waits for the first
-        transaction, then sees its row: the step and its compensation can never
-        both believe they came first.
+        Returns None when this call recorded it, else the status already there
+        (and *log* is not written). On PostgreSQL a concurrent claim of the same
+        step waits for the first transaction, then sees its row: the step and
+        its compensation can never both believe they came first.
         """
         connection = connection_of(conn)
-        t = self.tables.steps
         values = {
-            "participant": participant,
-            "saga_id": saga_id,
-            "step": step,
-            "status": status,
-            "updated_at": _utcnow(),
+            "s_participant": participant,
+            "s_saga_id": saga_id,
+            "s_step": step,
+            "s_status": status,
+            "s_updated_at": _utcnow(),
         }
-        dialect = connection.dialect.name
-        if dialect in _ON_CONFLICT_DIALECTS:
-            stmt = self._claims.get(dialect)
-            if stmt is None:  # built once per dialect: the statement cache does the rest
-                module = require(f"sqlalchemy.dialects.{dialect}", "sql")
-                stmt = module.insert(t).on_conflict_do_nothing().returning(t.c.step)
-                self._claims[dialect] = stmt
-            if connection.execute(stmt, values).first() is not None:
-                return None
-        else:
-            sql = require("sqlalchemy", "sql")
-            try:
-                with connection.begin_nested():
-                    connection.execute(t.insert().values(values))
-                return None
-            except sql.exc.IntegrityError:
-                pass
+        if self._change_logged(
+            connection, "claim", values, saga_id=saga_id, participant=participant, line=log
+        ):
+            return None
         existing = self.step_status(connection, participant, saga_id, step)
         if existing is None:  # deleted in between: let the caller retry from scratch
             raise ConcurrentSagaUpdateError(saga_id, f"step {step!r} changed concurrently")
@@ -496,20 +604,36 @@ class SagaStore:
         *,
         expected: str,
         status: str,
+        log: LogLine | None = None,
     ) -> bool:
-        """Move a step from *expected* to *status*; False if it was not in *expected*."""
-        t = self.tables.steps
-        result = connection_of(conn).execute(
-            t.update()
-            .where(
-                t.c.participant == participant,
-                t.c.saga_id == saga_id,
-                t.c.step == step,
-                t.c.status == expected,
-            )
-            .values(status=status, updated_at=_utcnow())
+        """Move a step from *expected* to *status* (and write *log*, if given);
+        False, with nothing written, if it was not in *expected*."""
+        values = {
+            "s_participant": participant,
+            "s_saga_id": saga_id,
+            "s_step": step,
+            "s_expected": expected,
+            "s_status": status,
+            "s_updated_at": _utcnow(),
+        }
+        return self._change_logged(
+            connection_of(conn), "mark", values, saga_id=saga_id, participant=participant, line=log
         )
-        return result.rowcount == 1
 
     def __repr__(self) -> str:
         return f"SagaStore(prefix={self.tables.instances.name!r})"
+
+
+def _log_values(saga_id: str, participant: str, line: LogLine) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "participant": participant,
+        "event_type": line.event_type,
+        "message_id": line.message_id,
+        "from_state": line.from_state,
+        "to_state": line.to_state,
+        "outcome": line.outcome,
+        "detail": line.detail[:_MAX_DETAIL] if line.detail else None,
+        "trace_id": _trace_id(),
+        "at": _utcnow(),
+    }

@@ -12,6 +12,7 @@ tenacity: Redis, Kafka, SQLAlchemy and OpenTelemetry load only when used.
 
 from ._clock import SYSTEM_CLOCK, Clock, MonotonicClock
 from ._errors import (
+    BrokerUnavailableError,
     BulkheadFullError,
     CircuitOpenError,
     ConcurrentSagaUpdateError,
@@ -59,6 +60,7 @@ from .policies import (
 __all__ = [
     "DEFAULT_FALLBACK_ON",
     "SYSTEM_CLOCK",
+    "BrokerUnavailableError",
     "Bulkhead",
     "BulkheadFullError",
     "CircuitBreaker",

@@ -24,7 +24,8 @@ ResilienceError
 │   └── IdempotentReplayedError               a stored final error, replayed .type_name .args
 ├── MessagingError
 │   ├── MessageDecodeError                    garbage on the wire (dead-letter it)
-│   ├── PublishError                          the broker did not acknowledge
+│   ├── PublishError                          the broker did not acknowledge .delivered
+│   │   └── BrokerUnavailableError            the transport's fault: back off, charge nothing
 │   └── SubscriptionClosedError               closed, evicted or fatally failed: subscribe again
 ├── OutboxError
 └── SagaError                                 .saga_id
@@ -36,6 +37,7 @@ ResilienceError
 from __future__ import annotations
 
 __all__ = [
+    "BrokerUnavailableError",
     "BulkheadFullError",
     "CircuitOpenError",
     "ConcurrentSagaUpdateError",
@@ -231,6 +233,17 @@ class PublishError(MessagingError):
     def __init__(self, message: str, delivered: frozenset[str] = frozenset()) -> None:
         self.delivered = delivered
         super().__init__(message)
+
+
+class BrokerUnavailableError(PublishError):
+    """A `PublishError` that is the transport's fault, not the messages': the broker
+    is unreachable, too slow or restarting, and the same records would go through
+    once it is back.
+
+    A relay backs off (and feeds its circuit breaker) on it without charging the
+    messages' attempts, so an outage never dead-letters healthy events.
+    ``delivered`` is filled as for any `PublishError`.
+    """
 
 
 class SubscriptionClosedError(MessagingError):

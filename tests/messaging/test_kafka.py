@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from resilience import ConfigurationError, PublishError
+from resilience import BrokerUnavailableError, ConfigurationError, PublishError
 from resilience.messaging import (
     DLQ_ORIGINAL_OFFSET,
     DLQ_ORIGINAL_PARTITION,
@@ -98,6 +98,25 @@ def test_round_trip_keeps_headers_and_per_key_order_across_partitions(
     assert all(len(p) == 1 for p in partitions_of.values())  # a key lives on one partition
     assert len(set().union(*partitions_of.values())) > 1  # and keys spread over several
     assert all(s == sorted(s) for s in seqs.values())
+
+
+def test_one_message_twice_in_a_batch_is_acknowledged_not_refused(
+    kafka_topic: Callable[..., str], kafka_consumer_config: dict[str, Any]
+) -> None:
+    # A handler may emit what an earlier, redelivered run already emitted: the
+    # broker acknowledges both copies, and consumers dedup by id.
+    topic = kafka_topic("twice")
+    sent = orders(3)
+    publisher = KafkaPublisher(
+        producer_config(kafka_consumer_config["bootstrap.servers"]), router=lambda m: topic
+    )
+    publisher.publish([sent[0], sent[1], sent[0], sent[2]])
+    publisher.close()
+    with KafkaSubscription(kafka_consumer_config, topic, kafka_consumer_config["group.id"]) as sub:
+        got = receive_until(sub, 4)
+    assert [decode_message(d.raw).id for d in got] == [
+        m.id for m in (sent[0], sent[1], sent[0], sent[2])
+    ]
 
 
 def test_acked_records_are_committed_and_not_redelivered(
@@ -337,3 +356,30 @@ def test_rebalance_hands_unacked_records_to_the_new_owner_and_loses_nothing(
     assert kept_by_first | done_by_second == {m.id for m in sent}
     with KafkaSubscription(kafka_consumer_config, topic, group) as third:
         assert quiet_for(third, 3) == []  # everything is committed
+
+
+def test_a_down_broker_is_the_transports_fault_and_an_oversized_record_the_messages(
+    kafka_broker: KafkaBroker, kafka_topic: Callable[..., str]
+) -> None:
+    topic = kafka_topic("orders", partitions=1)
+    publisher = KafkaPublisher(
+        {"bootstrap.servers": kafka_broker.bootstrap_servers, "message.max.bytes": 10_000},
+        router=lambda m: topic,
+        timeout=2,
+    )
+    publisher.publish(orders(1))
+    sent = orders(5)
+    kafka_broker.pause()
+    try:
+        with pytest.raises(BrokerUnavailableError) as down:
+            publisher.publish(sent)
+    finally:
+        kafka_broker.resume()
+    assert down.value.delivered < {m.id for m in sent}  # a PublishError like any other
+    big = Message("order.created", {"blob": "x" * 20_000}, key="k")
+    with pytest.raises(PublishError) as refused:
+        publisher.publish([big])
+    assert not isinstance(refused.value, BrokerUnavailableError)  # retrying will not help
+    assert refused.value.delivered == frozenset()
+    publisher.publish(orders(2))  # the publisher itself is fine afterwards
+    publisher.close()

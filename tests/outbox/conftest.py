@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -134,3 +137,33 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def keyed_events(keys: int, per_key: int, seed: int) -> list[Message]:
+    """``per_key`` events for each of ``keys`` keys, keys shuffled, ``payload["seq"]``
+    counting up per key (the order a consumer must see)."""
+    order = [k for k in range(keys) for _ in range(per_key)]
+    random.Random(seed).shuffle(order)
+    seq: dict[int, int] = defaultdict(int)
+    events = []
+    for k in order:
+        events.append(Message("acct.entry", {"seq": seq[k]}, key=f"acct-{k}"))
+        seq[k] += 1
+    return events
+
+
+class SlowPublisher:
+    """Appends to a shared *log* after a short random pause, so relays interleave."""
+
+    def __init__(self, log: list[Message], lock: threading.Lock) -> None:
+        self.log = log
+        self.lock = lock
+        self.count = 0
+
+    def publish(self, batch: Sequence[Message], /) -> None:
+        time.sleep(random.uniform(0, 0.004))
+        with self.lock:
+            self.log.extend(batch)
+            self.count += len(batch)
+
+    def close(self) -> None: ...

@@ -172,7 +172,7 @@ def test_session_type_is_accepted(db: DB) -> None:
 
 
 def test_dialects_without_per_key_commit_order_are_refused() -> None:
-    # A MySQL engine that never connects (a stand-in DBAPI): only its dialect is read.
+    # A SQL Server engine that never connects (a stand-in DBAPI): only its dialect is read.
     import sqlite3
 
     import sqlalchemy as sa
@@ -181,6 +181,6 @@ def test_dialects_without_per_key_commit_order_are_refused() -> None:
     from resilience.messaging import InMemoryBroker
     from resilience.outbox import Outbox, Relay
 
-    engine = sa.create_engine("mysql+pymysql://u@localhost/db", module=sqlite3)
-    with pytest.raises(ConfigurationError, match="not 'mysql'"):
+    engine = sa.create_engine("mssql+pymssql://u@localhost/db", module=sqlite3)
+    with pytest.raises(ConfigurationError, match="not 'mssql'"):
         Relay(engine, Outbox(sa.MetaData()), InMemoryBroker().publisher())

@@ -11,13 +11,18 @@ from collections import defaultdict
 import pytest
 import sqlalchemy as sa
 
-from resilience import CircuitOpenError, PublishError
-from resilience.messaging import Codec, EncodedMessage, InMemoryBroker, Message
+from resilience import BrokerUnavailableError, CircuitOpenError, ConfigurationError, PublishError
+from resilience.messaging import (
+    Codec,
+    EncodedMessage,
+    InMemoryBroker,
+    Message,
+)
 from resilience.outbox import Backoff, Inbox, Outbox
 from resilience.policies import CircuitBreaker, CircuitBreakerConfig
 from resilience.testing import FakeClock, RecordingTelemetry
 
-from .conftest import RecordingPublisher, make_relay, wait_until
+from .conftest import RecordingPublisher, SlowPublisher, keyed_events, make_relay, wait_until
 
 DB = tuple[sa.Engine, Outbox, Inbox, sa.Table]
 
@@ -116,53 +121,58 @@ def _assert_per_key_order(messages: list[Message], expected_per_key: int | None 
             assert len(seq) == expected_per_key, key
 
 
-def test_four_relays_in_parallel_keep_per_key_order(
-    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table]
+def check_four_relays_keep_per_key_order(
+    engine: sa.Engine, outbox: Outbox, *, redelivery: bool = False, **options: object
 ) -> None:
-    outbox = pg_tables[0]
-    keys, per_key = 40, 50
-    rng = random.Random(7)
-    sequence = [k for k in range(keys) for _ in range(per_key)]
-    rng.shuffle(sequence)
-    counters: dict[int, int] = defaultdict(int)
-    messages = []
-    for k in sequence:
-        messages.append(Message("acct.entry", {"seq": counters[k]}, key=f"acct-{k}"))
-        counters[k] += 1
-    for start in range(0, len(messages), 200):
-        with pg_engine.begin() as conn:
-            outbox.add_many(conn, messages[start : start + 200])
+    """Four relays drain 2,000 events of 40 keys; every key arrives in order.
 
-    # A publisher that takes a little random time per batch, so relays interleave.
+    With *redelivery*, a batch rolled back after its publish (an InnoDB deadlock
+    between relays) may be published again, as after a crash: the first copies
+    must still be in order (what a consumer behind the inbox applies).
+    """
+    keys, per_key = 40, 50
+    messages = keyed_events(keys, per_key, seed=7)
+    for start in range(0, len(messages), 200):
+        with engine.begin() as conn:
+            outbox.add_many(conn, messages[start : start + 200])
     published: list[Message] = []
     lock = threading.Lock()
-
-    class SlowPublisher:
-        count = 0
-
-        def publish(self, batch: list[Message]) -> None:
-            time.sleep(random.uniform(0, 0.004))
-            with lock:
-                published.extend(batch)
-                self.count += len(batch)
-
-        def close(self) -> None: ...
-
-    publishers = [SlowPublisher() for _ in range(4)]
+    publishers = [SlowPublisher(published, lock) for _ in range(4)]
     relays = [
-        make_relay(pg_engine, outbox, p, name=f"r{i}", batch_size=37, listen=False)
+        make_relay(engine, outbox, p, name=f"r{i}", batch_size=37, **options)
         for i, p in enumerate(publishers)
     ]
     for relay in relays:
         relay.start()
     try:
-        wait_until(lambda: len(published) >= keys * per_key, timeout=25)
+        wait_until(lambda: len({m.id for m in published}) >= keys * per_key, timeout=25)
     finally:
         for relay in relays:
             relay.stop()
     assert len({m.id for m in published}) == keys * per_key
+    if redelivery:
+        published = first_copies(published)
+    else:
+        assert len(published) == keys * per_key, "no duplicates without faults"
     _assert_per_key_order(published, per_key)
     assert sum(p.count > 0 for p in publishers) >= 2, "the relays really shared the work"
+
+
+def first_copies(messages: list[Message]) -> list[Message]:
+    """The stream as an inbox-protected consumer applies it: redeliveries dropped."""
+    seen: set[str] = set()
+    kept = []
+    for m in messages:
+        if m.id not in seen:
+            seen.add(m.id)
+            kept.append(m)
+    return kept
+
+
+def test_four_relays_in_parallel_keep_per_key_order(
+    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table]
+) -> None:
+    check_four_relays_keep_per_key_order(pg_engine, pg_tables[0], listen=False)
 
 
 def test_a_failed_row_holds_back_the_later_rows_of_its_key_in_the_same_batch(db: DB) -> None:
@@ -389,16 +399,16 @@ def test_database_errors_are_reported_and_retried(db: DB) -> None:
     publisher = RecordingPublisher()
 
     relay = make_relay(engine, outbox, publisher, telemetry=telemetry)
-    original = relay.run_once
+    original = relay._drain  # what run_forever repeats
     calls = {"n": 0}
 
-    def flaky() -> object:
+    def flaky(limit: int | None, stop: threading.Event) -> object:
         calls["n"] += 1
         if calls["n"] <= 2:
             raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
-        return original()
+        return original(limit, stop)
 
-    relay.run_once = flaky  # type: ignore[method-assign]
+    relay._drain = flaky  # type: ignore[method-assign,assignment]
     with engine.begin() as conn:
         outbox.add(conn, Message("e", {"seq": 0}, key="k"))
     with relay:
@@ -468,7 +478,7 @@ def test_relay_level_backoff_runs_on_the_injected_clock(db: DB) -> None:
         telemetry=StopAfter(),
         failure_backoff=Backoff(initial=1.0, maximum=8.0, jitter=0.0),
     )
-    relay.run_once = lambda: (_ for _ in ()).throw(ConnectionError("db down"))  # type: ignore[method-assign]
+    relay._drain = lambda limit, stop: (_ for _ in ()).throw(ConnectionError("db down"))  # type: ignore[method-assign]
     started = time.monotonic()
     relay.run_forever(stop)
     assert time.monotonic() - started < 5  # 23 fake seconds of backoff, no real waiting
@@ -538,3 +548,71 @@ def test_four_relays_with_random_partial_failures_still_keep_per_key_order(
             relay.stop()
     assert [m.id for m in acked] == list(dict.fromkeys(m.id for m in acked)), "no duplicates"
     _assert_per_key_order(acked, per_key)
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        BrokerUnavailableError("Kafka acknowledged 0 of 3 messages: _MSG_TIMED_OUT"),
+        ConnectionError("connection refused"),
+    ],
+    ids=["broker-unavailable", "connection-error"],
+)
+def test_a_broker_outage_is_not_charged_to_the_messages(db: DB, outage: Exception) -> None:
+    engine, outbox, _, _ = db
+    down = {"yes"}
+
+    class Outage(RecordingPublisher):
+        def publish(self, messages: list[Message], /) -> None:  # type: ignore[override]
+            if down:
+                raise outage
+            super().publish(messages)
+
+    publisher = Outage()
+    telemetry = RecordingTelemetry()
+    with engine.begin() as conn:
+        outbox.add_many(conn, [Message("e", {"seq": i}, key="k") for i in range(3)])
+    relay = make_relay(engine, outbox, publisher, max_attempts=2, telemetry=telemetry)
+    for _ in range(5):  # far more failed batches than max_attempts
+        assert relay.run_once().failed == 1
+    t = outbox.table
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.c.attempts, t.c.last_error, t.c.available_at).order_by(t.c.position)
+        ).all()
+        assert outbox.stats(conn).dead == 0
+    assert [r.attempts for r in rows] == [0, 0, 0]
+    assert str(outage) in (rows[0].last_error or "")  # recorded on the head row, uncharged
+    assert all(r.available_at is None for r in rows)  # no per-row backoff: the relay backs off
+    assert all(e.attributes["transport"] for e in telemetry.of_kind("publish_failed"))
+    down.clear()
+    assert relay.drain().published == 3
+    _assert_per_key_order(publisher.published, 3)
+
+
+def test_a_message_the_broker_refuses_is_still_charged_and_dead_lettered(db: DB) -> None:
+    engine, outbox, _, _ = db
+    publisher = RecordingPublisher(lambda m: "MSG_SIZE_TOO_LARGE" if m.type == "big" else None)
+    with engine.begin() as conn:
+        outbox.add(conn, Message("big", key="k"))
+    relay = make_relay(engine, outbox, publisher, max_attempts=2)
+    relay.run_once()
+    time.sleep(0.12)  # the first attempt's backoff
+    assert relay.run_once().dead == 1
+
+
+def test_drain_publishes_the_backlog_in_full_batches_and_stops(db: DB) -> None:
+    engine, outbox, _, _ = db
+    publisher = RecordingPublisher()
+    with engine.begin() as conn:
+        outbox.add_many(conn, [Message("e", {"seq": i}, key=f"k{i % 3}") for i in range(25)])
+    relay = make_relay(engine, outbox, publisher, batch_size=10)
+    first = relay.drain(limit=20)
+    assert (first.claimed, first.published) == (20, 20)
+    rest = relay.drain()
+    assert (rest.claimed, rest.published) == (5, 5)
+    assert relay.drain().claimed == 0
+    seqs = [m.payload["seq"] for m in publisher.published]
+    assert seqs == list(range(25))
+    with pytest.raises(ConfigurationError):
+        relay.drain(limit=0)

@@ -166,10 +166,12 @@ def test_failures_spread_over_processes_trip_the_shared_window(
 ) -> None:
     fleet = fleet_factory(3, "spread")
     # Two failures each: no process reaches its own minimum_calls (5)...
-    for i in range(3):
+    for i in range(2):
         assert fleet.ask(i, "calls", (True, 2)) == ["failed", "failed"]
-        if i < 2:  # after the third worker's failures the shared window may trip at any moment
-            assert fleet.ask(i, "state") == "closed"
+        assert fleet.ask(i, "state") == "closed"
+    # The third worker's first failure may already be the fifth the shared window sees (once
+    # the others' counts have synced), which trips it before the sixth call runs.
+    assert fleet.ask(2, "calls", (True, 2)) in (["failed", "failed"], ["failed", "rejected:open"])
     # ...but together they do (6 calls, 100 % failed): Redis trips all of them.
     for i in range(3):
         fleet.wait_state(i, "open", timeout=3)

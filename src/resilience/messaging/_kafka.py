@@ -12,6 +12,7 @@ finished (and possibly some finished records after a gap: at-least-once).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import threading
@@ -19,10 +20,10 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final
 
 from resilience._errors import (
+    BrokerUnavailableError,
     ConfigurationError,
     MessagingError,
     PublishError,
@@ -38,7 +39,7 @@ from ._common import (
     encode_encoded_batch,
     routes_by_type,
 )
-from ._message import Codec, JsonCodec, Message, RawMessage
+from ._message import H_ID, Codec, JsonCodec, Message, RawMessage
 from ._protocols import Delivery, Router
 from ._routing import TopicRouter
 from ._threaded import ThreadedAsyncPublisher, ThreadedAsyncSubscription
@@ -96,77 +97,149 @@ def _producer_config(config: dict[str, Any], timeout: float) -> dict[str, Any]:
 _Record = tuple[str, str, bytes | None, bytes, list[tuple[str, bytes]]]
 """``(topic, id, key, value, headers)``: one record ready for ``produce``."""
 
+_UNKNOWN_ID: Final = ""
+"""Stands for a failed record whose id cannot be read back (it has no ``ce_id`` header)."""
+
+
+@functools.cache
+def _transport_codes() -> frozenset[int]:
+    """librdkafka errors that say nothing about the record itself: the broker is
+    unreachable, slow or restarting, or we gave up waiting (and purged)."""
+    error = _kafka().KafkaError
+    names = (
+        "_MSG_TIMED_OUT",
+        "_TIMED_OUT",
+        "_TIMED_OUT_QUEUE",
+        "_TRANSPORT",
+        "_ALL_BROKERS_DOWN",
+        "_RESOLVE",
+        "_PURGE_QUEUE",
+        "_PURGE_INFLIGHT",
+        "_DESTROY",
+        "_QUEUE_FULL",
+        "_FENCED",
+        "_FATAL",
+        "REQUEST_TIMED_OUT",
+        "NETWORK_EXCEPTION",
+        "LEADER_NOT_AVAILABLE",
+        "NOT_LEADER_FOR_PARTITION",
+        "BROKER_NOT_AVAILABLE",
+        "NOT_ENOUGH_REPLICAS",
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+    )
+    return frozenset(getattr(error, n) for n in names if hasattr(error, n))
+
+
+class _Reports:
+    """The producer-level delivery callback: collects the *failed* records of a batch.
+
+    Producers run with ``delivery.report.only.error``, so a record the broker
+    acknowledged costs no Python callback at all; a batch is complete when the
+    producer's queue is empty, and what did not fail was delivered.
+    """
+
+    __slots__ = ("errors", "fatal", "transport_only")
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+        self.fatal = False
+        self.transport_only = True
+
+    def reset(self) -> None:
+        self.errors = {}
+        self.fatal = False
+        self.transport_only = True
+
+    def failed(self, message_id: str, reason: str, *, transport: bool) -> None:
+        self.errors.setdefault(message_id, reason)
+        self.transport_only = self.transport_only and transport
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is None:  # only with a client that ignores delivery.report.only.error
+            return
+        if err.fatal():
+            self.fatal = True
+        transport = bool(err.retriable() or err.fatal() or err.code() in _transport_codes())
+        self.failed(_record_id(msg), str(err), transport=transport)
+
+
+def _record_id(msg: Any) -> str:
+    for name, value in msg.headers() or ():
+        if name == H_ID and value is not None:
+            return bytes(value).decode("utf-8", "replace")
+    return _UNKNOWN_ID
+
+
+def _new_producer(settings: dict[str, Any]) -> tuple[Any, _Reports]:
+    reports = _Reports()
+    config = {**settings, "delivery.report.only.error": True, "on_delivery": reports}
+    return _kafka().Producer(config), reports
+
 
 @dataclass(slots=True)
 class _Batch:
-    """Delivery reports of one publish call (filled from librdkafka's callbacks)."""
+    """What the broker said about one batch."""
 
-    outstanding: int = 0
-    acked: list[str] = field(default_factory=list)
+    delivered: frozenset[str]
     errors: dict[str, str] = field(default_factory=dict)
+    transport_only: bool = True
     fatal: bool = False
-
-    @property
-    def delivered(self) -> set[str]:
-        return set(self.acked)
-
-    def report(self, message_id: str, err: Any, msg: Any) -> None:
-        # One bound method, partially applied per record (a C-level partial is
-        # cheaper than a closure); the success path is a decrement and an append.
-        del msg
-        self.outstanding -= 1
-        if err is None:
-            self.acked.append(message_id)
-        else:
-            self.errors[message_id] = str(err)
-            if err.fatal():
-                self.fatal = True
 
 
 def _raw_records(records: Sequence[tuple[str, str, RawMessage]]) -> list[_Record]:
     return [(t, i, raw.key, raw.value, list(raw.headers)) for t, i, raw in records]
 
 
-def _produce_and_wait(producer: Any, records: Sequence[_Record], timeout: float) -> _Batch:
-    """Produce ``(topic, id, key, value, headers)`` records in order, then wait for every report.
+def _produce_and_wait(
+    producer: Any, reports: _Reports, records: Sequence[_Record], timeout: float
+) -> _Batch:
+    """Produce ``(topic, id, key, value, headers)`` records in order, then wait for the broker.
 
     Stops producing at the first record librdkafka refuses outright, so no later
-    record (possibly of the same key) overtakes it.
+    record (possibly of the same key) overtakes it. Records still queued when
+    the wait ends are purged (they fail with ``_PURGE_*``), so every record not
+    reported as failed was acknowledged.
     """
     kafka = _kafka()
-    batch = _Batch()
-    report = batch.report
+    reports.reset()
     produce = producer.produce
     deadline = time.monotonic() + timeout
+    produced = 0
     for topic, message_id, key, value, headers in records:
         while True:
             try:
-                produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=headers,
-                    on_delivery=partial(report, message_id),
-                )
-                batch.outstanding += 1
+                produce(topic, value=value, key=key, headers=headers)
+                produced += 1
                 break
             except BufferError:  # local queue full: serve reports, then try again
                 if time.monotonic() >= deadline:
-                    batch.errors[message_id] = "local producer queue full until the timeout"
+                    reason = "local producer queue full until the timeout"
+                    reports.failed(message_id, reason, transport=True)
                     break
                 producer.poll(0.05)
             except (kafka.KafkaException, TypeError, ValueError) as exc:
-                batch.errors[message_id] = f"refused by the client: {exc}"
+                reports.failed(message_id, f"refused by the client: {exc}", transport=False)
                 break
-        if batch.errors:
+        if message_id in reports.errors:
             break
-    # flush() sends at once (no linger) and serves delivery reports until none
-    # is outstanding. The producer is used by one batch at a time, so that is
-    # exactly this batch. message.timeout.ms <= timeout, so every report
-    # arrives before this grace ends.
+    # flush() sends at once (no linger) and serves delivery reports until the
+    # queue is empty. The producer is used by one batch at a time, so that is
+    # exactly this batch. message.timeout.ms <= timeout, so every record is
+    # settled before this grace ends; whatever is not is purged.
     remaining = max(deadline - time.monotonic(), 0.0) + 5.0
-    producer.flush(remaining)
-    return batch
+    if producer.flush(remaining):
+        with contextlib.suppress(Exception):
+            producer.purge()
+        producer.flush(1.0)
+    errors = reports.errors
+    ids = [r[1] for r in records[:produced]]
+    if _UNKNOWN_ID in errors or len(producer):
+        delivered: frozenset[str] = frozenset()  # cannot tell which: claim none
+        for message_id in ids:
+            errors.setdefault(message_id, errors.get(_UNKNOWN_ID, "not acknowledged"))
+    else:
+        delivered = frozenset(i for i in ids if i not in errors) if errors else frozenset(ids)
+    return _Batch(delivered, errors, reports.transport_only, reports.fatal)
 
 
 class KafkaPublisher:
@@ -194,6 +267,7 @@ class KafkaPublisher:
         "_fatal",
         "_lock",
         "_producer",
+        "_reports",
         "_router",
         "_settings",
         "closed",
@@ -215,7 +289,7 @@ class KafkaPublisher:
         self._settings = _producer_config(_config(config, "config"), timeout)
         self._settings.setdefault("error_cb", self._on_error)
         self._fatal = False
-        self._producer = _kafka().Producer(self._settings)
+        self._producer, self._reports = _new_producer(self._settings)
         self._router = router or TopicRouter()
         self._codec = codec
         self._lock = threading.Lock()
@@ -276,27 +350,32 @@ class KafkaPublisher:
         with self._lock:  # one batch at a time: reports are awaited per batch
             if self._fatal:
                 self._replace_producer()
-            batch = _produce_and_wait(self._producer, records, self.timeout)
-            if batch.errors or batch.outstanding or batch.fatal or self._fatal:
+            batch = _produce_and_wait(self._producer, self._reports, records, self.timeout)
+            # Ids, not records: a batch may carry one message twice (a redelivery).
+            failed = not batch.delivered.issuperset(r[1] for r in records)
+            if failed or batch.fatal or self._fatal:
                 # After a failed batch the idempotent producer's state (producer
                 # id, epoch, sequence numbers) may be unusable: some errors are
                 # fatal, and brokers differ in how they take an epoch bump. A
                 # fresh producer starts clean; anything the old one still holds
                 # is purged, so it cannot land later unreported.
                 self._replace_producer()
-        if batch.errors or batch.outstanding:
+        if failed:
             delivered = batch.delivered
-            missing = len(records) - len(delivered)
+            missing = len({r[1] for r in records} - delivered)
             detail = "; ".join(f"{i}: {e}" for i, e in list(batch.errors.items())[:3])
-            raise PublishError(
-                f"Kafka acknowledged {len(delivered)} of {len(records)} messages "
+            # A broker that is down, slow or restarting fails records through no
+            # fault of theirs: say so, and a relay does not charge their attempts.
+            error = BrokerUnavailableError if batch.transport_only else PublishError
+            raise error(
+                f"Kafka acknowledged {len(delivered)} of {len(delivered) + missing} messages "
                 f"({missing} not acknowledged){': ' + detail if detail else ''}",
-                delivered=frozenset(delivered),
+                delivered=delivered,
             )
 
     def _replace_producer(self) -> None:
         old, self._fatal = self._producer, False
-        self._producer = _kafka().Producer(self._settings)
+        self._producer, self._reports = _new_producer(self._settings)
         try:
             old.purge()
             old.flush(0)
@@ -425,7 +504,7 @@ class KafkaSubscription:
         self.timeout = float(timeout)
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._generation = 0
-        self._dlq: Any = None
+        self._dlq: tuple[Any, _Reports] | None = None
         self._closed = False
         self.commit_failures = 0
         """Commits that failed and were left for the next ack (observability)."""
@@ -513,20 +592,22 @@ class KafkaSubscription:
         if not isinstance(token, _Token):
             raise MessagingError(f"{delivery!r} was not received from Kafka")
         if self._dlq is None:
-            self._dlq = _kafka().Producer(self._dlq_config)
+            self._dlq = _new_producer(self._dlq_config)
+        producer, reports = self._dlq
         topic = dead_letter_destination(token.topic)
         record = dead_letter_record(
             delivery.raw, reason, topic=token.topic, partition=token.partition, offset=token.offset
         )
         batch = _produce_and_wait(
-            self._dlq,
+            producer,
+            reports,
             _raw_records([(topic, f"{token.partition}:{token.offset}", record)]),
             self.timeout,
         )
         if not batch.delivered:
-            old, self._dlq = self._dlq, None  # start clean next time (it may be fenced)
+            self._dlq = None  # start clean next time (it may be fenced)
             with contextlib.suppress(Exception):
-                old.purge()
+                producer.purge()
             detail = "; ".join(batch.errors.values()) or "no acknowledgement before the timeout"
             raise MessagingError(
                 f"could not dead-letter {token.topic}[{token.partition}]@{token.offset} to {topic}: {detail}"
@@ -545,7 +626,7 @@ class KafkaSubscription:
                 raise MessagingError(f"Kafka consumer did not close cleanly: {exc}") from exc
         finally:
             if self._dlq is not None:
-                self._dlq.flush(self.timeout)
+                self._dlq[0].flush(self.timeout)
 
     # -- internals
 

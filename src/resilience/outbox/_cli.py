@@ -48,10 +48,14 @@ def _duration_arg(text: str) -> dt.timedelta:
 
 
 def _normalise_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 here (the driver the ``postgres`` extra installs)."""
+    """``postgresql://`` means psycopg 3 and ``mysql://`` / ``mariadb://`` PyMySQL here
+    (the drivers the ``postgres`` and ``mysql`` extras install)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
+    for prefix in ("mysql://", "mariadb://"):
+        if url.startswith(prefix):
+            return prefix[:-3] + "+pymysql://" + url[len(prefix) :]
     return url
 
 
@@ -334,7 +338,9 @@ def register(subparsers: Any) -> None:
         "resilience outbox ddl --dialect postgresql > migrations/0042_outbox.sql",
     )
     _common(p, url_required=False)
-    p.add_argument("--dialect", choices=["postgresql", "sqlite"], help="instead of --url")
+    p.add_argument(
+        "--dialect", choices=["postgresql", "sqlite", "mysql", "mariadb"], help="instead of --url"
+    )
     p.add_argument(
         "--inbox-table",
         default=DEFAULT_INBOX_TABLE,

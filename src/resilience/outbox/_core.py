@@ -72,10 +72,10 @@ class RelayOptions:
             it, so per-key order holds even across a long broker outage; if False,
             later rows of the key are published after it (order given up for
             liveness).
-        claim_mode: ``"skip_locked"`` (several relays, PostgreSQL), ``"lease"`` (one
-            active relay, e.g. SQLite), or ``"auto"`` to choose by dialect. The
-            outbox supports PostgreSQL and SQLite: other databases do not enforce
-            per-key commit order yet and are refused.
+        claim_mode: ``"skip_locked"`` (several relays: PostgreSQL, MySQL 8 /
+            MariaDB 10.6+), ``"lease"`` (one active relay, e.g. SQLite), or
+            ``"auto"`` to choose by dialect. Other databases are refused: the
+            outbox cannot make them commit a key's events in position order.
         lease_ttl: seconds a lease lasts without renewal (lease mode).
         idle_min / idle_max: the wait after an empty claim starts at ``idle_min``
             and doubles up to ``idle_max`` while idle; a NOTIFY ends it early.

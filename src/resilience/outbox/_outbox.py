@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -12,7 +13,13 @@ from resilience._errors import ConfigurationError
 from resilience._optional import require
 from resilience.messaging._message import Codec, JsonCodec, Message
 
-from ._schema import DEFAULT_OUTBOX_TABLE, lease_table, outbox_table
+from ._schema import (
+    DEFAULT_OUTBOX_TABLE,
+    KEY_LOCK_BUCKETS,
+    key_lock_table,
+    lease_table,
+    outbox_table,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -65,9 +72,11 @@ def connection_of(conn: sa.Connection | Session) -> sa.Connection:
     )
 
 
-SUPPORTED_DIALECTS: Final = frozenset({"postgresql", "sqlite"})
+MYSQL_DIALECTS: Final = frozenset({"mysql", "mariadb"})
+SUPPORTED_DIALECTS: Final = frozenset({"postgresql", "sqlite", *MYSQL_DIALECTS})
 """Where per-key commit order is enforced: PostgreSQL takes a per-key advisory lock in
-`Outbox.add`; SQLite serialises every write transaction."""
+`Outbox.add`, MySQL/MariaDB a row of the key-lock table; SQLite serialises every
+write transaction."""
 
 
 def _unsupported(dialect: str) -> str:
@@ -126,9 +135,11 @@ class Outbox:
             publisher routes); e.g. the same `TopicRouter` the publisher uses.
         codec: encodes payloads when the event is written (a payload that cannot
             be encoded fails the business transaction, not the relay, later).
-        serialize_keys: on PostgreSQL, take a transaction-scoped advisory lock
-            per key before inserting, so two transactions writing events for the
-            same key commit in position order (see "ordering" in the docs).
+        serialize_keys: on PostgreSQL (a transaction-scoped advisory lock) and
+            MySQL/MariaDB (a row of the key-lock table), lock each key before
+            inserting, so two transactions writing events for the same key
+            commit in position order (see "ordering" in the docs). Turn it off
+            only if a key's events never come from concurrent transactions.
         notify: on PostgreSQL, ``pg_notify`` the relay's channel (delivered at
             commit) so a listening relay wakes at once.
         capture_trace: stamp each message with the current W3C trace context.
@@ -183,9 +194,18 @@ class Outbox:
         """The lease table used by relays in lease mode (created next to the outbox)."""
         return lease_table(self.table.metadata, str(self.table.name))
 
+    @property
+    def key_lock_table(self) -> sa.Table:
+        """The per-key lock table `add` uses on MySQL/MariaDB (created next to the outbox)."""
+        return key_lock_table(self.table.metadata, str(self.table.name))
+
     def create_tables(self, bind: sa.Engine | sa.Connection) -> None:
-        """Create the outbox and lease tables if missing (tests and demos; use migrations in production)."""
-        self.table.metadata.create_all(bind, tables=[self.table, self.lease_table])
+        """Create the outbox, lease and key-lock tables if missing (tests and demos;
+        use migrations, e.g. `ddl`, in production)."""
+        tables = [self.table, self.lease_table]
+        if bind.dialect.name in MYSQL_DIALECTS:
+            tables.append(self.key_lock_table)
+        self.table.metadata.create_all(bind, tables=tables)
 
     # ------------------------------------------------------------------ writing
 
@@ -203,6 +223,9 @@ class Outbox:
         dialect = connection.dialect.name
         if dialect == "postgresql":
             self._pg_prepare(connection, [r["key"] for r in rows])
+        elif dialect in MYSQL_DIALECTS:
+            if self._serialize_keys:
+                self._mysql_lock_keys(connection, [r["key"] for r in rows])
         elif dialect not in SUPPORTED_DIALECTS:
             raise ConfigurationError("conn", _unsupported(dialect))
         connection.execute(self.table.insert(), rows)
@@ -259,6 +282,31 @@ class Outbox:
                 )
         if self._notify:
             connection.execute(sql.text("SELECT pg_notify(:ch, '')"), {"ch": self.channel})
+
+    def _mysql_lock_keys(self, connection: sa.Connection, keys: Sequence[str | None]) -> None:
+        """Lock the key-lock rows of *keys* until the caller's transaction ends.
+
+        InnoDB row locks are transactional, unlike ``GET_LOCK``: they go away at
+        commit or rollback, which the caller (not the outbox) decides. Buckets
+        are locked in ascending order, so two writers cannot deadlock on them.
+        """
+        sql = require("sqlalchemy", "sql")
+        buckets = sorted({zlib.crc32(k.encode()) % KEY_LOCK_BUCKETS for k in keys if k is not None})
+        if not buckets:
+            return
+        locks = self.key_lock_table
+        locked = connection.execute(
+            sql.select(locks.c.bucket)
+            .where(locks.c.bucket.in_(buckets))
+            .order_by(locks.c.bucket)
+            .with_for_update()
+        ).all()
+        if len(locked) != len(buckets):
+            raise ConfigurationError(
+                "table",
+                f"{locks.name!r} is missing or not filled: create it with Outbox.create_tables, "
+                "metadata.create_all or `resilience outbox ddl --dialect mysql`",
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -343,9 +391,8 @@ class Outbox:
             t.update()
             .where(t.c.message_id.in_(list(message_ids)), t.c.dead_at.is_not(None))
             .values(dead_at=None, attempts=0, available_at=None, last_error=sql.null())
-            .returning(t.c.position)
         )
-        return len(result.all())
+        return int(result.rowcount)
 
     def purge(
         self,

@@ -16,14 +16,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from resilience._clock import SYSTEM_CLOCK, Clock
-from resilience._errors import CircuitOpenError, ConfigurationError, OutboxError, PublishError
+from resilience._errors import (
+    BrokerUnavailableError,
+    CircuitOpenError,
+    ConfigurationError,
+    OutboxError,
+    PublishError,
+)
 from resilience._optional import require
 from resilience._telemetry import Event, LoggingTelemetry, Telemetry
 from resilience.messaging._common import EncodedMessage
 from resilience.messaging._message import Codec, Message
 
 from ._core import RelayOptions, plan_waves
-from ._outbox import SUPPORTED_DIALECTS, Outbox, OutboxStats, _unsupported, database_now
+from ._outbox import (
+    MYSQL_DIALECTS,
+    SUPPORTED_DIALECTS,
+    Outbox,
+    OutboxStats,
+    _unsupported,
+    database_now,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -37,7 +50,11 @@ _COMPONENT: Final = "outbox_relay"
 _log = logging.getLogger("resilience.outbox")
 _MAX_ERROR_CHARS: Final = 2000
 _PAUSE_SLICE: Final = 0.1
-_SKIP_LOCKED_DIALECTS: Final = frozenset({"postgresql"})
+_SKIP_LOCKED_DIALECTS: Final = frozenset({"postgresql", *MYSQL_DIALECTS})
+# ce_time as the database writes it: ISO 8601 in UTC, what datetime.isoformat() gives.
+_PG_ISO_UTC: Final = '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\''
+# Errors a publisher may raise that are the transport's fault, not the messages'.
+_TRANSPORT_ERRORS: Final = (BrokerUnavailableError, ConnectionError, TimeoutError)
 
 
 def _utcnow() -> dt.datetime:
@@ -45,37 +62,31 @@ def _utcnow() -> dt.datetime:
 
 
 class _Row(NamedTuple):
-    """A claimed row (a tuple: built 500 times per batch, so cheap to create).
+    """A claimed row: the relay's bookkeeping around the message as stored.
 
-    The payload stays as stored (the codec's bytes): publishers with
-    ``publish_encoded`` send it as is; a `Message` is built only for the others.
+    Tuples all the way down (built with ``tuple.__new__``, no Python-level
+    constructor): a relay builds 500 per batch. The payload stays as stored
+    (the codec's bytes): publishers with ``publish_encoded`` send it as is; a
+    `Message` is built only for the others.
     """
 
     position: int
-    message_id: str
     key: str | None
     prev: int | None
     attempts: int
     destination: str | None
-    type: str
-    payload: bytes
-    headers: dict[str, str] | None
-    occurred_at: dt.datetime
+    message: EncodedMessage  # occurred_at as ISO 8601 text (UTC): the ce_time header as is
 
-    def encoded(self) -> EncodedMessage:
-        return EncodedMessage(
-            self.message_id, self.type, self.key, self.payload, self.headers, self.occurred_at
-        )
+    @property
+    def message_id(self) -> str:
+        return self.message.id
+
+    @property
+    def type(self) -> str:
+        return self.message.type
 
     def to_message(self, codec: Codec) -> Message:
-        return Message(
-            type=self.type,
-            payload=codec.decode(self.payload),
-            key=self.key,
-            id=self.message_id,
-            headers=self.headers or {},
-            occurred_at=self.occurred_at,
-        )
+        return self.message.to_message(codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,60 @@ class _Outcome:
     failed: list[_Row]
     error: str | None = None
     retry_after: float | None = None
+    transport: bool = False  # the failure is the broker's, not the rows': charge nothing
+
+
+@dataclass(slots=True)
+class _Claim:
+    """A claimed batch and the open transaction that holds its rows locked."""
+
+    conn: sa.Connection
+    txn: sa.RootTransaction
+    rows: list[_Row]
+
+    def close(self, *, commit: bool) -> None:
+        try:
+            if self.txn.is_active:
+                if commit:
+                    self.txn.commit()
+                else:
+                    self.txn.rollback()
+        finally:
+            self.conn.close()
+
+
+class _PgStatement:
+    """A claim query compiled once for psycopg and run on the driver's binary cursor.
+
+    Rows come back as plain tuples: no `Row` objects, no result processors, and
+    binary transfer (no hex decoding of the payload). 500 rows per batch make
+    that the relay's largest saving after pipelining.
+    """
+
+    __slots__ = ("_params", "_sql")
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self._sql: str = compiled.string
+        self._params: dict[str, Any] = dict(compiled.params)  # LIMIT values and the like
+
+    def fetch(self, conn: sa.Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        raw: Any = conn.connection.dbapi_connection
+        try:
+            with raw.cursor(binary=True) as cursor:
+                cursor.execute(self._sql, {**self._params, **params})
+                return cast("list[tuple[Any, ...]]", cursor.fetchall())
+        except Exception:
+            if raw.closed or raw.broken:
+                conn.invalidate()  # what SQLAlchemy does when it runs a statement itself
+            raise
+
+
+def _iso_utc(value: dt.datetime) -> str:
+    """ISO 8601 in UTC (MySQL and SQLite hand back naive datetimes; we store UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC).isoformat()
+    return value.astimezone(dt.UTC).isoformat()
 
 
 class _PgListener:
@@ -154,7 +219,7 @@ class Relay:
     """Publishes committed outbox rows to a broker, at least once, keeping per-key order.
 
     Each batch is claimed in a transaction: with ``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL (any number of relays share the work), or under a lease row
+    PostgreSQL and MySQL/MariaDB (any number of relays share the work), or under a lease row
     judged by the database clock elsewhere (SQLite: one active relay, others
     stand by). A key's row is published only after the key's earlier rows are
     acknowledged (see `plan_waves`), so order per key holds across relays.
@@ -230,9 +295,24 @@ class Relay:
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # MySQL/MariaDB: read committed (no gap locks; each statement sees what is
+        # committed when it starts, which `_claim_rows` relies on).
+        self._read_committed = dialect in MYSQL_DIALECTS
         self._claim_query = self._build_claim_query()
         self._heads_query = self._build_claim_query(heads_only=True)
+        self._unsent_query = self._build_unsent_query()
+        self._prev_query = self._build_prev_query()
         self._done_statement = self._build_done_statement()
+        # PostgreSQL: the claim runs on the driver's binary cursor (rows as plain
+        # tuples, the time already formatted), the relay's hottest statement.
+        self._pg_statements = (
+            {
+                q: _PgStatement(q, engine.dialect)
+                for q in (self._claim_query, self._heads_query, self._unsent_query)
+            }
+            if dialect == "postgresql"
+            else None
+        )
 
     @property
     def name(self) -> str:
@@ -249,13 +329,66 @@ class Relay:
         """Claim one batch, publish it and record the outcome; the unit every driver repeats."""
         if self._mode == "lease":
             return self._run_once_leased()
-        with self._engine.connect() as conn, conn.begin():
+        claim = self._open_claim()
+        if claim is None:
+            return BatchResult()
+        try:
+            outcome, waiting = self._publish(claim.rows)
+            dead = self._record(claim.conn, outcome)
+        except BaseException:
+            claim.close(commit=False)
+            raise
+        claim.close(commit=True)
+        return self._finish(claim.rows, outcome, dead, waiting)
+
+    def drain(self, limit: int | None = None) -> BatchResult:
+        """Publish what is pending now, batch after batch, and return the totals.
+
+        Stops when nothing more is publishable, at the first failed batch, or
+        once *limit* rows were claimed. `run_forever` repeats this between its
+        waits; call it directly from a cron job, a script or a test.
+        """
+        if limit is not None and limit < 1:
+            raise ConfigurationError("limit", f"must be >= 1 or None, got {limit!r}")
+        return self._drain(limit, threading.Event())
+
+    def _drain(self, limit: int | None, stop: threading.Event) -> BatchResult:
+        batches: list[BatchResult] = []
+        claimed = 0
+        while not stop.is_set() and (limit is None or claimed < limit):
+            batch = self.run_once()
+            batches.append(batch)
+            claimed += batch.claimed
+            # Go on while full batches go through: a backlog.
+            if batch.failed or batch.retry_after is not None or not batch.published:
+                break
+            if batch.claimed < self.options.batch_size:
+                break
+        if len(batches) == 1:
+            return batches[0]
+        last = batches[-1] if batches else BatchResult()
+        return dataclasses.replace(
+            last,
+            claimed=claimed,
+            published=sum(b.published for b in batches),
+            waiting=sum(b.waiting for b in batches),
+        )
+
+    def _open_claim(self) -> _Claim | None:
+        conn = self._engine.connect()
+        try:
+            if self._read_committed:
+                conn.execution_options(isolation_level="READ COMMITTED")
+            txn = conn.begin()
             rows = self._claim(conn)
-            if not rows:
-                return BatchResult()
-            outcome, waiting = self._publish(rows)
-            dead = self._record(conn, outcome)
-        return self._finish(rows, outcome, dead, waiting)
+        except BaseException:
+            conn.close()
+            raise
+        if not rows:
+            txn.rollback()
+            conn.close()
+            return None
+        return _Claim(conn, txn, rows)
 
     def _run_once_leased(self) -> BatchResult:
         with self._engine.begin() as conn:
@@ -280,6 +413,7 @@ class Relay:
                 count=len(outcome.failed),
                 delivered=len(outcome.delivered),
                 error=outcome.error,
+                transport=outcome.transport,
             )
         for row in dead:
             self._emit(
@@ -303,25 +437,11 @@ class Relay:
     def _build_claim_query(self, *, heads_only: bool = False) -> Any:
         sql = require("sqlalchemy", "sql")
         t = self._outbox.table
-        earlier = t.alias("earlier")
-        prev_conditions = [
-            earlier.c.key == t.c.key,
-            earlier.c.position < t.c.position,
-            earlier.c.sent_at.is_(None),
-        ]
-        if not self.options.dead_letter_blocks_key:
-            prev_conditions.append(earlier.c.dead_at.is_(None))
-        # The nearest earlier unsent row of the key: one backward step in the
-        # (key, position) index. PostgreSQL picks that index once the table has
-        # statistics; see "Operating" in docs/messaging/outbox.md about ANALYZE.
-        prev = (
-            sql.select(earlier.c.position)
-            .where(*prev_conditions)
-            .order_by(earlier.c.key.desc(), earlier.c.position.desc())
-            .limit(1)
-            .scalar_subquery()
-            .label("prev")
-        )
+        occurred = t.c.occurred_at
+        if self._engine.dialect.name == "postgresql":
+            occurred = sql.func.to_char(
+                sql.func.timezone("UTC", t.c.occurred_at), sql.literal_column(_PG_ISO_UTC)
+            )
         query = (
             sql.select(
                 t.c.position,
@@ -331,9 +451,8 @@ class Relay:
                 t.c.destination,
                 t.c.payload,
                 t.c.headers,
-                t.c.occurred_at,
+                occurred,
                 t.c.attempts,
-                prev,
             )
             .where(
                 t.c.sent_at.is_(None),
@@ -344,20 +463,82 @@ class Relay:
             .limit(self.options.batch_size)
         )
         if heads_only:
-            # Only rows with no earlier unsent row of their key: always publishable.
-            head = sql.select(earlier.c.position).where(*prev_conditions).exists()
-            query = query.where(sql.or_(t.c.key.is_(None), ~head))
+            # Only rows with no earlier unsent row of their key: candidates that are
+            # likely publishable (their `prev` is still computed as for any row).
+            earlier = t.alias("earlier")
+            head = sql.select(earlier.c.position).where(*self._prev_conditions(t, earlier))
+            query = query.where(sql.or_(t.c.key.is_(None), ~head.exists()))
         if self._mode == "skip_locked":
             query = query.with_for_update(skip_locked=True, of=t)
         return query
+
+    def _prev_conditions(self, t: sa.Table, earlier: Any) -> list[Any]:
+        """*earlier* is an unsent row of *t*'s key before it: one that must be
+        acknowledged first (a dead row counts while it blocks its key)."""
+        conditions = [
+            earlier.c.key == t.c.key,
+            earlier.c.position < t.c.position,
+            earlier.c.sent_at.is_(None),
+        ]
+        if not self.options.dead_letter_blocks_key:
+            conditions.append(earlier.c.dead_at.is_(None))
+        return conditions
+
+    def _build_unsent_query(self) -> Any:
+        """How many rows up to position ``top`` must be acknowledged before later rows
+        of their key, counted up to ``cap``: when that is just the rows we hold,
+        `prev` is found among them. Bounded by ``LIMIT`` so that it stays one short
+        index range whatever the table statistics say."""
+        sql = require("sqlalchemy", "sql")
+        t = self._outbox.table
+        top = sql.bindparam("top", type_=sql.BigInteger())
+        pending = (
+            sql.select(t.c.position)
+            .where(t.c.sent_at.is_(None), t.c.dead_at.is_(None), t.c.position <= top)
+            .order_by(t.c.position)
+            .limit(sql.bindparam("cap", type_=sql.Integer()))
+            .subquery("pending")
+        )
+        count = sql.select(sql.func.count()).select_from(pending).scalar_subquery()
+        if not self.options.dead_letter_blocks_key:
+            return sql.select(count)
+        dead = (
+            sql.select(t.c.position)
+            .where(t.c.dead_at.is_not(None), t.c.sent_at.is_(None), t.c.position <= top)
+            .limit(1)
+            .subquery("dead")
+        )
+        return sql.select(count + sql.select(sql.func.count()).select_from(dead).scalar_subquery())
+
+    def _build_prev_query(self) -> Any:
+        """``(position, prev)`` of claimed rows: each one's nearest earlier unsent row of its key."""
+        sql = require("sqlalchemy", "sql")
+        t = self._outbox.table
+        earlier = t.alias("earlier")
+        # One backward step in the (key, position) index per row. PostgreSQL picks
+        # that index once the table has statistics; see "Operating" in
+        # docs/messaging/outbox.md about ANALYZE.
+        prev = (
+            sql.select(earlier.c.position)
+            .where(*self._prev_conditions(t, earlier))
+            .order_by(earlier.c.key.desc(), earlier.c.position.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        return sql.select(t.c.position, prev).where(
+            t.c.position.in_(sql.bindparam("positions", expanding=True)), t.c.key.is_not(None)
+        )
 
     def _build_done_statement(self) -> Any:
         sql = require("sqlalchemy", "sql")
         t = self._outbox.table
         if self._engine.dialect.name == "postgresql":
-            # One array parameter instead of an IN list of 500 parameters.
+            # One text parameter ('{1,2,3}') cast to an array: cheaper to pass than
+            # an IN list of 500 parameters, or a list the driver dumps item by item.
             postgresql = require("sqlalchemy.dialects.postgresql", "sql")
-            param = sql.bindparam("positions", type_=postgresql.ARRAY(sql.BigInteger()))
+            param = sql.cast(
+                sql.bindparam("positions", type_=sql.Text()), postgresql.ARRAY(sql.BigInteger())
+            )
             condition = t.c.position == sql.any_(param)
         else:
             condition = t.c.position.in_(sql.bindparam("positions", expanding=True))
@@ -392,22 +573,59 @@ class Relay:
         return claimed
 
     def _claim_rows(self, conn: sa.Connection, query: Any, now: dt.datetime) -> list[_Row]:
-        rows = conn.execute(query, {"now": now}).all()
-        utc = dt.UTC
+        """Lock a batch, then find each row's ``prev`` (see `plan_waves`).
+
+        The claim is a locking read; `prev` comes from a later statement. Any
+        earlier row of a claimed row's key committed before it (writers lock
+        the key), so that statement sees it unless it was sent meanwhile: the
+        answer is exact or errs on the side of waiting. Usually no row up to
+        the batch's last position is unsent except the batch itself (one cheap
+        count says so), and each row's `prev` is its key's previous row in the
+        batch; otherwise one indexed lookup per row finds it.
+        """
+        rows: Sequence[Any] = self._fetch(conn, query, {"now": now})
+        if not rows:
+            return []
         # Column order: position, message_id, type, key, destination, payload,
-        # headers, occurred_at, attempts, prev (see _build_claim_query).
+        # headers, occurred_at, attempts (see _build_claim_query).
+        top = rows[-1][0]
+        prevs: dict[int, int | None]
+        unsent = self._fetch(conn, self._unsent_query, {"top": top, "cap": len(rows) + 1})
+        if unsent[0][0] == len(rows):
+            # Every unsent row up to `top` is in the batch.
+            prevs = {}
+            last: dict[str, int] = {}
+            for row in rows:
+                position, key = row[0], row[3]
+                if key is not None:
+                    prevs[position] = last.get(key)
+                    last[key] = position
+        else:
+            keyed = [r[0] for r in rows if r[3] is not None]
+            prevs = dict(self._fetch(conn, self._prev_query, {"positions": keyed})) if keyed else {}
+        new = tuple.__new__
+        get = prevs.get
         return [
-            _Row(
-                position,
-                message_id,
-                key,
-                prev,
-                attempts,
-                destination,
-                type_,
-                payload,
-                headers,
-                occurred if occurred.tzinfo is not None else occurred.replace(tzinfo=utc),
+            new(
+                _Row,
+                (
+                    position,
+                    key,
+                    get(position),
+                    attempts,
+                    destination,
+                    new(
+                        EncodedMessage,
+                        (
+                            message_id,
+                            type_,
+                            key,
+                            payload,
+                            headers,
+                            occurred if isinstance(occurred, str) else _iso_utc(occurred),
+                        ),
+                    ),
+                ),
             )
             for (
                 position,
@@ -419,9 +637,14 @@ class Relay:
                 headers,
                 occurred,
                 attempts,
-                prev,
             ) in rows
         ]
+
+    def _fetch(self, conn: sa.Connection, statement: Any, params: dict[str, Any]) -> Sequence[Any]:
+        raw = self._pg_statements.get(statement) if self._pg_statements else None
+        if raw is not None:
+            return raw.fetch(conn, params)
+        return conn.execute(statement, params).all()
 
     def _publish(self, rows: Sequence[_Row]) -> tuple[_Outcome, int]:
         waves = plan_waves(rows)
@@ -442,10 +665,12 @@ class Relay:
                 outcome.delivered.extend(r for r in wave if r.message_id in acked)
                 outcome.failed.extend(r for r in wave if r.message_id not in acked)
                 outcome.error = str(exc) or type(exc).__name__
+                outcome.transport = isinstance(exc, _TRANSPORT_ERRORS)
                 break
             except Exception as exc:  # a transport that raised something else: same handling
                 outcome.failed.extend(wave)
                 outcome.error = f"{type(exc).__name__}: {exc}"
+                outcome.transport = isinstance(exc, _TRANSPORT_ERRORS)
                 break
             outcome.delivered.extend(wave)
         waiting = len(rows) - planned
@@ -471,7 +696,7 @@ class Relay:
                 self._call_publish(messages)
         elif self._publish_encoded is not None:
             # The stored bytes go out as they are: no decode, Message, re-encode per event.
-            records = [r.encoded() for r in wave]
+            records = [r.message for r in wave]
             if self._breaker is not None:
                 self._breaker.call(self._publish_encoded, records, codec=codec)
             else:
@@ -490,10 +715,20 @@ class Relay:
         t = self._outbox.table
         now = _utcnow()
         if outcome.delivered:
-            positions = [r.position for r in outcome.delivered]
+            positions: Any = [r.position for r in outcome.delivered]
+            if self._engine.dialect.name == "postgresql":
+                positions = "{" + ",".join(map(str, positions)) + "}"
             conn.execute(self._done_statement, {"positions": positions, "now": now})
         dead: list[_Row] = []
-        if outcome.failed:
+        if outcome.failed and outcome.transport:
+            # The broker is down or slow: not the rows' fault. The relay backs off
+            # (and its breaker counts the failure); the rows keep their attempts.
+            conn.execute(
+                t.update()
+                .where(t.c.position == outcome.failed[0].position)
+                .values(last_error=(outcome.error or "")[:_MAX_ERROR_CHARS])
+            )
+        elif outcome.failed:
             error = (outcome.error or "")[:_MAX_ERROR_CHARS]
             params = []
             # Charge the earliest failed row only: a poison row must not use up the
@@ -545,9 +780,8 @@ class Relay:
                 sql.or_(lease.c.holder == self._holder, lease.c.expires_at < now),
             )
             .values(holder=self._holder, expires_at=now + ttl)
-            .returning(lease.c.holder)
-        ).first()
-        if updated is not None:
+        )
+        if updated.rowcount:  # MariaDB has no UPDATE ... RETURNING
             return True
         exists = conn.execute(
             sql.select(lease.c.holder).where(lease.c.name == self._outbox.channel)
@@ -597,7 +831,7 @@ class Relay:
         try:
             while not stop.is_set():
                 try:
-                    result = self.run_once()
+                    result = self._drain(None, stop)
                 except Exception as exc:  # database unreachable, connection dropped...
                     failures += 1
                     self._emit(

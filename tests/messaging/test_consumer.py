@@ -167,6 +167,60 @@ def test_permanent_errors_skip_the_retries() -> None:
     assert (header(dead, DLQ_REASON) or "").startswith("permanent error: Invalid")
 
 
+class DatabaseDown(Exception):
+    pass
+
+
+def test_transient_errors_never_dead_letter_a_good_message() -> None:
+    # The handler's database is down for far longer than dead_letter_after
+    # attempts; the message waits it out, then is handled once and acked.
+    broker = InMemoryBroker()
+    [message] = orders(1)
+    broker.publisher().publish([message])
+    calls, handled = 0, []
+
+    def handler(m: Message) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 25:
+            raise DatabaseDown("connection refused")
+        handled.append(m.id)
+
+    telemetry = RecordingTelemetry()
+    consumer = consumer_for(
+        broker,
+        handler,
+        dead_letter_after=3,
+        transient_errors=(DatabaseDown,),
+        telemetry=telemetry,
+    )
+    consumer.run_once(timeout=0)
+    assert calls == 26
+    assert handled == [message.id]
+    assert broker.dead_letters("order") == []
+    assert broker.pending("g", "order") == 0
+    retries = telemetry.of_kind("retry")
+    assert len(retries) == 25
+    assert all(e.attributes["transient"] for e in retries)
+
+
+def test_other_errors_still_dead_letter_when_transient_ones_are_declared() -> None:
+    broker = InMemoryBroker()
+    broker.publisher().publish(orders(1))
+    calls = 0
+
+    def handler(m: Message) -> None:
+        nonlocal calls
+        calls += 1
+        raise Flaky("a bug, not an outage")
+
+    consumer = consumer_for(broker, handler, dead_letter_after=3, transient_errors=(DatabaseDown,))
+    consumer.run_once(timeout=0)
+    assert calls == 3
+    [dead] = broker.dead_letters("order")
+    assert "failed 3 times" in (header(dead, DLQ_REASON) or "")
+
+
 def test_a_record_redelivered_too_often_is_dead_lettered_without_running_the_handler() -> None:
     broker = InMemoryBroker(partitions=1)
     [message] = orders(1)

@@ -111,6 +111,7 @@ class _ConsumerCore:
     dead_letter_after: int
     max_deliveries: int | None
     permanent_errors: tuple[type[BaseException], ...]
+    transient_errors: tuple[type[BaseException], ...]
     telemetry: Telemetry
     rng: random.Random
     stats: ConsumerStats = field(default_factory=ConsumerStats)
@@ -137,7 +138,10 @@ class _ConsumerCore:
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, self.permanent_errors):
             return self._dead(delivery, message, f"permanent error: {error}", attempts=attempt)
-        if attempt >= self.dead_letter_after:
+        # A transient error is the handler's dependency being down (its database,
+        # say), not the message being bad: it never uses up the message's attempts.
+        transient = isinstance(exc, self.transient_errors)
+        if attempt >= self.dead_letter_after and not transient:
             return self._dead(
                 delivery, message, f"failed {attempt} times, last: {error}", attempts=attempt
             )
@@ -155,6 +159,7 @@ class _ConsumerCore:
                     "attempt": attempt,
                     "delay": delay,
                     "error": error,
+                    "transient": transient,
                 },
             )
         )
@@ -232,6 +237,7 @@ class _Driver:
         dead_letter_after: int,
         max_deliveries: int | None,
         permanent_errors: tuple[type[BaseException], ...],
+        transient_errors: tuple[type[BaseException], ...],
         codec: Codec,
         max_message_bytes: int,
         batch_size: int,
@@ -260,6 +266,7 @@ class _Driver:
             dead_letter_after=dead_letter_after,
             max_deliveries=max_deliveries,
             permanent_errors=tuple(permanent_errors),
+            transient_errors=tuple(transient_errors),
             telemetry=telemetry,
             rng=rng or random.Random(),
         )
@@ -298,6 +305,10 @@ class Consumer(_Driver):
             would otherwise loop forever). Needs a transport that counts.
         permanent_errors: exception types dead-lettered without retrying
             (validation errors: a retry cannot fix them).
+        transient_errors: exception types retried with backoff for as long as
+            they last, never dead-lettered (the handler's database being down:
+            the message is fine and must not be parked). Keep it narrow: a
+            deterministic error listed here blocks its partition.
         codec: payload codec; must match the publisher's.
         max_message_bytes: larger records are dead-lettered as undecodable.
         batch_size: records asked for per ``receive``.
@@ -320,6 +331,7 @@ class Consumer(_Driver):
         dead_letter_after: int = 5,
         max_deliveries: int | None = None,
         permanent_errors: tuple[type[BaseException], ...] = (),
+        transient_errors: tuple[type[BaseException], ...] = (),
         codec: Codec = _JSON,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         batch_size: int = 100,
@@ -334,6 +346,7 @@ class Consumer(_Driver):
             dead_letter_after=dead_letter_after,
             max_deliveries=max_deliveries,
             permanent_errors=permanent_errors,
+            transient_errors=transient_errors,
             codec=codec,
             max_message_bytes=max_message_bytes,
             batch_size=batch_size,
@@ -461,6 +474,7 @@ class AsyncConsumer(_Driver):
         dead_letter_after: int = 5,
         max_deliveries: int | None = None,
         permanent_errors: tuple[type[BaseException], ...] = (),
+        transient_errors: tuple[type[BaseException], ...] = (),
         codec: Codec = _JSON,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         batch_size: int = 100,
@@ -475,6 +489,7 @@ class AsyncConsumer(_Driver):
             dead_letter_after=dead_letter_after,
             max_deliveries=max_deliveries,
             permanent_errors=permanent_errors,
+            transient_errors=transient_errors,
             codec=codec,
             max_message_bytes=max_message_bytes,
             batch_size=batch_size,

@@ -70,13 +70,20 @@ class MessageHandler:
         raise MalformedMessageError(f"CodePix does not handle messages of type {message.type!r}")
 
 
+DATABASE_DOWN: Final = (sa.exc.OperationalError, sa.exc.InterfaceError)
+"""Errors that mean "the database is unreachable", not "this message is bad"."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """Tuning for the consumer and the relay; the defaults suit production, tests shrink them.
 
     Attributes:
-        dead_letter_after: handler attempts on a transient failure (database
-            down) before the message is dead-lettered.
+        dead_letter_after: handler attempts on an unexpected error (a bug)
+            before the message is dead-lettered. The database being
+            unreachable is not such an error: those failures (`DATABASE_DOWN`)
+            are retried for as long as the outage lasts, so a transfer is never
+            parked in the dead letters because its database was down.
         backoff: wait between those attempts.
         relay: `RelayOptions` for the outbox relay (max attempts, backoff...).
         poll_timeout: how long a receive waits; bounds shutdown latency.
@@ -138,6 +145,7 @@ class Worker:
             backoff=opts.backoff,
             dead_letter_after=opts.dead_letter_after,
             permanent_errors=PERMANENT_ERRORS,
+            transient_errors=DATABASE_DOWN,
             poll_timeout=opts.poll_timeout,
         )
         self.relay = Relay(engine, outbox, publisher, options=opts.relay)

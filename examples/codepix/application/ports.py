@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from examples.codepix.domain import Account, Bank, PixKey, PixKeyKind, Transaction
 
@@ -82,20 +82,12 @@ class InboxPort(Protocol):
         """True the first time *message_id* is seen by *consumer*, False for a duplicate."""
 
 
-class UnitOfWork(Protocol):
-    """One database transaction: repositories, emitted messages and inbox marks commit together.
+class Transactional(Protocol):
+    """A ``with`` block that is one database transaction: leaving it without
+    `commit` rolls everything back. CodePix's and the banks' units of work are
+    both this, with their own repositories."""
 
-    Leaving the ``with`` block without `commit` rolls everything back.
-    """
-
-    banks: BankRepository
-    accounts: AccountRepository
-    pix_keys: PixKeyRepository
-    transactions: TransactionRepository
-    messages: MessageSink
-    inbox: InboxPort
-
-    def __enter__(self) -> UnitOfWork: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(
         self,
@@ -105,6 +97,17 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
     def commit(self) -> None: ...
+
+
+class UnitOfWork(Transactional, Protocol):
+    """One database transaction: repositories, emitted messages and inbox marks commit together."""
+
+    banks: BankRepository
+    accounts: AccountRepository
+    pix_keys: PixKeyRepository
+    transactions: TransactionRepository
+    messages: MessageSink
+    inbox: InboxPort
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]

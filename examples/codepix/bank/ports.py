@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
-from examples.codepix.application import InboxPort
+from examples.codepix.application.ports import InboxPort, Transactional
 from examples.codepix.domain import PixKeyKind
 
 from .domain import Direction, EntryKind, Transfer, TransferStatus
@@ -106,7 +105,7 @@ class Outgoing(Protocol):
     def emit(self, message_type: str, key: str, payload: Mapping[str, Any]) -> None: ...
 
 
-class BankUnitOfWork(Protocol):
+class BankUnitOfWork(Transactional, Protocol):
     """One database transaction over everything above; leaving without `commit` rolls back."""
 
     accounts: Accounts
@@ -114,17 +113,6 @@ class BankUnitOfWork(Protocol):
     keys: Keys
     messages: Outgoing
     inbox: InboxPort
-
-    def __enter__(self) -> BankUnitOfWork: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-    def commit(self) -> None: ...
 
 
 class PixRegistry(Protocol):

@@ -292,20 +292,22 @@ def _chaos(
     progress: Progress,
     stop: threading.Event,
     rng: random.Random,
+    gates: dict[int, threading.Event],
     at_kill: list[int],
 ) -> None:
-    """Kill each service twice, each kill at a random point *while transfers are being sent*
-    (between 5 % and 85 % of them answered), restart after a short outage. *at_kill* gets the
-    number answered at each kill, so the test can prove every kill landed mid-run."""
+    """Kill each service twice, each kill at a random point *while transfers are being sent*,
+    restart after a short outage. *gates* maps each kill's mark (a transfer index) to an event
+    the sender of that transfer waits on, so the run cannot finish before the kill lands;
+    *at_kill* gets the number answered at each kill, so the test can prove it."""
     victims = ["codepix", "001", "002"] * 2
     rng.shuffle(victims)
-    marks = sorted(rng.sample(range(TRANSFERS // 20, TRANSFERS * 85 // 100), len(victims)))
-    for name, mark in zip(victims, marks, strict=True):
+    for name, mark in zip(victims, sorted(gates), strict=True):
         while progress.answered < mark:
             if stop.wait(0.02):
                 return
         at_kill.append(progress.answered)
         services[name].kill()
+        gates[mark].set()
         time.sleep(rng.uniform(0.3, 2.0))
         services[name].start()
 
@@ -342,19 +344,25 @@ def test_500_transfers_survive_sigkills_of_codepix_and_both_banks(
     stop = threading.Event()
     progress = Progress()
     at_kill: list[int] = []
+    # Kill points between 5 % and 85 % of the transfers.
+    marks = rng.sample(range(TRANSFERS // 20, TRANSFERS * 85 // 100), 6)
+    gates = {mark: threading.Event() for mark in marks}
     chaos = threading.Thread(
-        target=_chaos, args=(system, progress, stop, rng, at_kill), daemon=True
+        target=_chaos, args=(system, progress, stop, rng, gates, at_kill), daemon=True
     )
     chaos.start()
     deadline = time.monotonic() + 120
 
-    def send(client: httpx.Client, job: tuple[str, dict[str, Any]]) -> httpx.Response:
-        answer = _post(client, f"{job[0]}/api/transfers", job[1], deadline)
+    def send(client: httpx.Client, index: int) -> httpx.Response:
+        if index in gates:  # this transfer goes out only once its kill has landed
+            gates[index].wait(90)
+        origin, body = plan[index]
+        answer = _post(client, f"{origin}/api/transfers", body, deadline)
         progress.tick()
         return answer
 
     with httpx.Client(timeout=3) as client, ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda job: send(client, job), plan))
+        answers = list(pool.map(lambda index: send(client, index), range(TRANSFERS)))
     driven = time.monotonic()
     chaos.join(60)  # the last restart
     stop.set()

@@ -609,6 +609,27 @@ class _Call:
             raise step.error
         return self._run_owned(store, key, shown, step, sent, args, kwargs)
 
+    def _context(
+        self,
+        key: str,
+        owned: Claimed | _core.Run,
+        store: IdempotencyStore | None,
+        async_store: AsyncIdempotencyStore | None,
+        sent: float,
+    ) -> IdempotencyContext:
+        """The context a running call sees; its lease is judged from *sent* (the claim's send)."""
+        opts = self._spec.options
+        return IdempotencyContext(
+            key,
+            owned.token,
+            owned.checkpoints,
+            store,
+            async_store,
+            self._spec._serializer,
+            opts.ttl,
+            sent + opts.in_progress_ttl,
+        )
+
     def _run_owned(  # noqa: PLR0917 - private, called from two places
         self,
         store: IdempotencyStore,
@@ -621,16 +642,7 @@ class _Call:
     ) -> Any:
         opts = self._spec.options
         token = claim.token
-        ctx = IdempotencyContext(
-            key,
-            token,
-            claim.checkpoints,
-            store,
-            None,
-            self._spec._serializer,
-            opts.ttl,
-            sent + opts.in_progress_ttl,
-        )
+        ctx = self._context(key, claim, store, None, sent)
         reset = _current.set(ctx)
         lease: Lease | None = None
         if opts.heartbeat:
@@ -709,16 +721,7 @@ class _Call:
         if isinstance(step, Raise):
             raise step.error
         token = step.token
-        ctx = IdempotencyContext(
-            key,
-            token,
-            step.checkpoints,
-            self._sync_store,
-            store,
-            spec._serializer,
-            opts.ttl,
-            sent + opts.in_progress_ttl,
-        )
+        ctx = self._context(key, step, self._sync_store, store, sent)
         reset = _current.set(ctx)
         lease: AsyncLease | None = None
         if opts.heartbeat:

@@ -53,49 +53,6 @@ REQUIRES = re.compile(r"^# requires: *(?P<servers>\w+(?: *, *\w+)*) *$")
 FRAGMENT = re.compile(r"^# fragment: *(?P<why>\S.*)$")
 MARKER_LIKE = re.compile(r"^# *(requires|fragment)\b")
 
-# Fences on pages other helpers are editing right now, which do not carry a marker
-# yet: each is compiled only, for the reason given, until its page says so itself.
-# test_awaiting_entries_still_match fails once a page is fixed: then drop the entry.
-AWAITING_MARKERS: dict[tuple[str, str], str] = {
-    (
-        "messaging/inbox.md",
-        'inbox = RedisInbox(redis.Redis(), prefix="inbox:", lease=30, retention=7 * 86400)',
-    ): "continues the page's samples with a Redis inbox",
-    (
-        "messaging/outbox.md",
-        "relay = Relay(engine, outbox, publisher, batch_size=500)",
-    ): "starts a relay thread that runs until the process ends",
-    (
-        "messaging/outbox.md",
-        "stop = asyncio.Event()",
-    ): "awaits at the top level: the body of an async function",
-    (
-        "messaging/outbox.md",
-        "stats = relay.lag()  # or outbox.stats(connection)",
-    ): "reads the relay of the sample above",
-    (
-        "messaging/transports.md",
-        "# requires a running Kafka broker",
-    ): "consumes forever with handler/stop from elsewhere",
-    (
-        "messaging/transports.md",
-        "# requires a running Redis",
-    ): "consumes forever with handler/stop from elsewhere",
-    (
-        "sagas/index.md",
-        "from resilience.messaging import AsyncConsumer",
-    ): "awaits at the top level, with the services of docs/sagas/order_saga.py",
-    (
-        "sagas/index.md",
-        "def place(session: Session) -> SagaInstance:",
-    ): "awaits at the top level, with the services of docs/sagas/order_saga.py",
-    (
-        "sagas/index.md",
-        "harness = ChaosHarness(clock=clock, options=ChaosOptions(seed=7, crash=0.05, tick=0.002))",
-    ): "continues docs/sagas/order_saga.py, whose main() runs it",
-}
-
-
 @dataclass(frozen=True)
 class Sample:
     source: str  # docs-relative path of the page or file
@@ -144,9 +101,6 @@ def _classify(source: str, line: int, code: str) -> Sample:
         return Sample(source, line, code, "requires", match["servers"].replace(" ", ""))
     if match := FRAGMENT.match(first):
         return Sample(source, line, code, "fragment", match["why"])
-    awaiting = AWAITING_MARKERS.get((source, first))
-    if awaiting is not None:
-        return Sample(source, line, code, "fragment", f"awaiting a marker: {awaiting}")
     if MARKER_LIKE.match(first):
         return Sample(
             source, line, code, "invalid", f"malformed marker {first!r}: see this module's doc"
@@ -354,17 +308,6 @@ def test_includes_point_at_sample_files_and_sections_that_exist() -> None:
 def test_every_sample_file_is_shown_on_a_page() -> None:
     shown = {s.detail.split(":")[0].removeprefix("docs/") for s in FENCES if s.kind == "include"}
     assert sorted(set(BY_FILE) - shown) == []
-
-
-def test_awaiting_entries_still_match() -> None:
-    """An entry whose fence got its marker (or vanished) must go."""
-    firsts = set()
-    for page, samples in BY_PAGE.items():
-        for sample in samples:
-            lines = [ln for ln in sample.code.splitlines() if ln.strip()]
-            if lines:
-                firsts.add((page, lines[0].strip()))
-    assert sorted(set(AWAITING_MARKERS) - firsts) == []
 
 
 def test_fragments_compile() -> None:

@@ -31,6 +31,7 @@ from resilience.outbox import Inbox, Outbox, Relay
 from resilience.saga import (
     ChaosHarness,
     ChaosOptions,
+    ChaosReport,
     SagaDefinition,
     SagaParticipant,
     SagaStore,
@@ -438,6 +439,30 @@ def run_on_kafka(
 # --8<-- [end:deploy]
 
 
+# --8<-- [start:chaos]
+def run_under_chaos(
+    orders: Service,
+    stock: Service,
+    payments: Service,
+    clock: FakeClock,
+    *,
+    n: int,
+    initial: int,
+    seed: int = 7,
+) -> ChaosReport:
+    """Place *n* orders against *initial* units of stock and drive every saga to its end."""
+    harness = ChaosHarness(clock=clock, options=ChaosOptions(seed=seed, crash=0.05, tick=0.002))
+    for svc in (orders, stock, payments):
+        harness.add(svc.participant, svc.engine)
+    place_orders(orders, [(f"order-{i}", 1, 10) for i in range(n)], timeout=30.0)
+    return harness.run(
+        invariants=[lambda: check_invariants(orders, stock, payments, initial=initial)]
+    )
+
+
+# --8<-- [end:chaos]
+
+
 def main(n: int = 200, seed: int = 7) -> None:
     """Run *n* orders through the saga under chaos and print what happened."""
     clock = FakeClock(start=1_700_000_000.0)
@@ -446,14 +471,7 @@ def main(n: int = 200, seed: int = 7) -> None:
         orders = orders_service(f"sqlite:///{base / 'orders.db'}", clock)
         stock = stock_service(f"sqlite:///{base / 'stock.db'}", clock, initial=n // 2)
         payments = payments_service(f"sqlite:///{base / 'payments.db'}", clock)
-        harness = ChaosHarness(clock=clock, options=ChaosOptions(seed=seed, tick=0.002))
-        for svc in (orders, stock, payments):
-            harness.add(svc.participant, svc.engine)
-        place_orders(orders, [(f"order-{i}", 1, 10) for i in range(n)], timeout=30.0)
-        report = harness.run(
-            invariants=[lambda: check_invariants(orders, stock, payments, initial=n // 2)]
-        )
-        print(report)
+        print(run_under_chaos(orders, stock, payments, clock, n=n, initial=n // 2, seed=seed))
         for svc in (orders, stock, payments):
             svc.engine.dispose()
 

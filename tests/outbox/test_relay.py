@@ -616,3 +616,37 @@ def test_drain_publishes_the_backlog_in_full_batches_and_stops(db: DB) -> None:
     assert seqs == list(range(25))
     with pytest.raises(ConfigurationError):
         relay.drain(limit=0)
+
+
+def test_an_overlapped_drain_keeps_key_order_across_batches_and_stops_at_a_failure(
+    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table]
+) -> None:
+    """On PostgreSQL a drain claims batch N+1 while N is being published: with
+    three keys every batch holds rows whose previous row is still in flight."""
+    outbox = pg_tables[0]
+    keys, per_key = 3, 30
+    refuse_once = {"k1-14"}
+
+    def reject(m: Message) -> str | None:
+        tag = f"{m.key}-{m.payload['seq']}"
+        if tag in refuse_once:
+            refuse_once.discard(tag)
+            return "broker said no"
+        return None
+
+    with pg_engine.begin() as conn:
+        outbox.add_many(
+            conn,
+            [Message("e", {"seq": s}, key=f"k{k}") for s in range(per_key) for k in range(keys)],
+        )
+    publisher = RecordingPublisher(reject)
+    relay = make_relay(pg_engine, outbox, publisher, batch_size=10, listen=False)
+    first = relay.drain()
+    assert first.failed >= 1 and first.published < keys * per_key, "the refusal ended the drain"
+    assert 0 < first.claimed < keys * per_key, "batches after the failure were not kept"
+    time.sleep(0.12)  # the refused row's backoff
+    while relay.lag().pending:
+        relay.drain()
+        time.sleep(0.02)
+    assert len(publisher.published) == keys * per_key, "each event acknowledged exactly once"
+    _assert_per_key_order(publisher.published, per_key)

@@ -12,6 +12,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
@@ -298,6 +299,10 @@ class Relay:
         # MySQL/MariaDB: read committed (no gap locks; each statement sees what is
         # committed when it starts, which `_claim_rows` relies on).
         self._read_committed = dialect in MYSQL_DIALECTS
+        # Claim the next batch while the broker acknowledges this one: PostgreSQL
+        # only. InnoDB can make a claim wait on locks its own relay's batch in
+        # flight holds on index entries (SKIP LOCKED skips rows, not every lock).
+        self._overlap = mode == "skip_locked" and dialect == "postgresql"
         self._claim_query = self._build_claim_query()
         self._heads_query = self._build_claim_query(heads_only=True)
         self._unsent_query = self._build_unsent_query()
@@ -341,6 +346,16 @@ class Relay:
         claim.close(commit=True)
         return self._finish(claim.rows, outcome, dead, waiting)
 
+    def _settle(self, claim: _Claim, outcome: _Outcome) -> list[_Row]:
+        """Record a published batch's outcome and commit it (releasing its rows)."""
+        try:
+            dead = self._record(claim.conn, outcome)
+        except BaseException:
+            claim.close(commit=False)
+            raise
+        claim.close(commit=True)
+        return dead
+
     def drain(self, limit: int | None = None) -> BatchResult:
         """Publish what is pending now, batch after batch, and return the totals.
 
@@ -353,34 +368,108 @@ class Relay:
         return self._drain(limit, threading.Event())
 
     def _drain(self, limit: int | None, stop: threading.Event) -> BatchResult:
-        batches: list[BatchResult] = []
-        claimed = 0
-        while not stop.is_set() and (limit is None or claimed < limit):
-            batch = self.run_once()
-            batches.append(batch)
-            claimed += batch.claimed
-            # Go on while full batches go through: a backlog.
-            if batch.failed or batch.retry_after is not None or not batch.published:
-                break
-            if batch.claimed < self.options.batch_size:
-                break
+        if not self._overlap:
+            batches: list[BatchResult] = []
+            claimed = 0
+            while not stop.is_set() and (limit is None or claimed < limit):
+                batch = self.run_once()
+                batches.append(batch)
+                claimed += batch.claimed
+                if _ends_drain(batch) or batch.claimed < self.options.batch_size:
+                    break
+        else:
+            batches = self._drain_overlapped(limit, stop)
         if len(batches) == 1:
             return batches[0]
         last = batches[-1] if batches else BatchResult()
         return dataclasses.replace(
             last,
-            claimed=claimed,
+            claimed=sum(b.claimed for b in batches),
             published=sum(b.published for b in batches),
             waiting=sum(b.waiting for b in batches),
         )
 
-    def _open_claim(self) -> _Claim | None:
+    def _drain_overlapped(self, limit: int | None, stop: threading.Event) -> list[BatchResult]:
+        """Drain a backlog on PostgreSQL, one batch's database work overlapping another's publish.
+
+        While the broker acknowledges batch N, a helper thread commits the outcome
+        of batch N-1 and claims batch N+1 on another connection (skipping N's
+        locked rows). Per-key order holds as with several relays: a row of N+1
+        whose key's previous row is in N has that row as ``prev``, so it waits,
+        and is released only once the broker acknowledged that row. A crash
+        loses nothing: a row is deleted (or marked) only after its acknowledgement.
+        """
+        claim = self._open_claim()
+        if claim is None:
+            return [BatchResult()]
+        batches: list[BatchResult] = []
+        claimed = 0
+        helper: ThreadPoolExecutor | None = None
+        upcoming: Future[_Claim | None] | None = None
+        settling: tuple[Future[list[_Row]], _Claim, _Outcome, int] | None = None
+        try:
+            while claim is not None:
+                claimed += len(claim.rows)
+                more = (
+                    len(claim.rows) >= self.options.batch_size
+                    and not stop.is_set()
+                    and (limit is None or claimed < limit)
+                )
+                if more:
+                    helper = helper or ThreadPoolExecutor(1, f"relay-{self.name}")
+                    upcoming = helper.submit(self._open_claim, claim.rows)
+                try:
+                    outcome, waiting = self._publish(claim.rows)
+                except BaseException:
+                    claim.close(commit=False)
+                    raise
+                current, claim = claim, None
+                if helper is None:  # a single batch: nothing to overlap with
+                    batches.append(
+                        self._finish(current.rows, outcome, self._settle(current, outcome), waiting)
+                    )
+                    break
+                previous, settling = (
+                    settling,
+                    (helper.submit(self._settle, current, outcome), current, outcome, waiting),
+                )
+                if previous is not None:
+                    batches.append(self._settled(*previous))
+                following, upcoming = (upcoming.result() if upcoming else None), None
+                if following is not None:
+                    if _ends_drain(outcome):
+                        following.close(commit=False)
+                    else:
+                        following.rows = _released(following.rows, outcome.delivered)
+                        claim = following
+            if settling is not None:
+                batches.append(self._settled(*settling))
+                settling = None
+        finally:
+            if helper is not None:
+                # Unwinding after an error: let the helper finish, release what it claimed.
+                with contextlib.suppress(BaseException):
+                    left = upcoming.result() if upcoming else None
+                    if left is not None:
+                        left.close(commit=False)
+                with contextlib.suppress(BaseException):
+                    if settling is not None:
+                        settling[0].result()
+                helper.shutdown(wait=True)
+        return batches
+
+    def _settled(
+        self, future: Future[list[_Row]], claim: _Claim, outcome: _Outcome, waiting: int
+    ) -> BatchResult:
+        return self._finish(claim.rows, outcome, future.result(), waiting)
+
+    def _open_claim(self, in_flight: Sequence[_Row] = ()) -> _Claim | None:
         conn = self._engine.connect()
         try:
             if self._read_committed:
                 conn.execution_options(isolation_level="READ COMMITTED")
             txn = conn.begin()
-            rows = self._claim(conn)
+            rows = self._claim(conn, in_flight)
         except BaseException:
             conn.close()
             raise
@@ -550,9 +639,9 @@ class Relay:
             .values(sent_at=sql.bindparam("now"), attempts=t.c.attempts + 1)
         )
 
-    def _claim(self, conn: sa.Connection) -> list[_Row]:
+    def _claim(self, conn: sa.Connection, in_flight: Sequence[_Row] = ()) -> list[_Row]:
         now = _utcnow()
-        claimed = self._claim_rows(conn, self._claim_query, now)
+        claimed = self._claim_rows(conn, self._claim_query, now, in_flight)
         half = len(claimed) // 2
         # Rows with no earlier unsent row of their key are always publishable: when
         # they are half the batch, skip planning the waves just to count.
@@ -565,23 +654,26 @@ class Relay:
                 seen = {r.position for r in claimed}
                 extra = [
                     r
-                    for r in self._claim_rows(conn, self._heads_query, now)
+                    for r in self._claim_rows(conn, self._heads_query, now, in_flight)
                     if r.position not in seen
                 ]
                 if extra:
                     claimed = sorted(claimed + extra, key=lambda r: r.position)
         return claimed
 
-    def _claim_rows(self, conn: sa.Connection, query: Any, now: dt.datetime) -> list[_Row]:
+    def _claim_rows(
+        self, conn: sa.Connection, query: Any, now: dt.datetime, in_flight: Sequence[_Row]
+    ) -> list[_Row]:
         """Lock a batch, then find each row's ``prev`` (see `plan_waves`).
 
         The claim is a locking read; `prev` comes from a later statement. Any
         earlier row of a claimed row's key committed before it (writers lock
         the key), so that statement sees it unless it was sent meanwhile: the
         answer is exact or errs on the side of waiting. Usually no row up to
-        the batch's last position is unsent except the batch itself (one cheap
-        count says so), and each row's `prev` is its key's previous row in the
-        batch; otherwise one indexed lookup per row finds it.
+        the batch's last position is unsent except the batch itself and the
+        batch *in_flight* (this relay's, being published: locked, still unsent),
+        as one cheap count says, and each row's `prev` is its key's previous row
+        among those; otherwise one indexed lookup per row finds it.
         """
         rows: Sequence[Any] = self._fetch(conn, query, {"now": now})
         if not rows:
@@ -589,16 +681,22 @@ class Relay:
         # Column order: position, message_id, type, key, destination, payload,
         # headers, occurred_at, attempts (see _build_claim_query).
         top = rows[-1][0]
+        held = [(r.position, r.key) for r in in_flight if r.position <= top]
+        expected = len(rows) + len(held)
         prevs: dict[int, int | None]
-        unsent = self._fetch(conn, self._unsent_query, {"top": top, "cap": len(rows) + 1})
-        if unsent[0][0] == len(rows):
-            # Every unsent row up to `top` is in the batch.
+        unsent = self._fetch(conn, self._unsent_query, {"top": top, "cap": expected + 1})
+        if unsent[0][0] == expected:
+            # Every unsent row up to `top` is in the batch or in flight.
             prevs = {}
             last: dict[str, int] = {}
-            for row in rows:
-                position, key = row[0], row[3]
+            chain = [(r[0], r[3]) for r in rows]
+            if held:
+                mine = {position for position, _ in chain}
+                chain = sorted(held + chain) if held[-1][0] > chain[0][0] else held + chain
+            for position, key in chain:
                 if key is not None:
-                    prevs[position] = last.get(key)
+                    if not held or position in mine:
+                        prevs[position] = last.get(key)
                     last[key] = position
         else:
             keyed = [r[0] for r in rows if r[3] is not None]
@@ -932,6 +1030,21 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"Relay(name={self.name!r}, mode={self._mode!r}, table={self._outbox.table.name!r})"
+
+
+def _ends_drain(batch: BatchResult | _Outcome) -> bool:
+    """A failed, refused or fully waiting batch ends a drain: no backlog is going through."""
+    if isinstance(batch, _Outcome):
+        return bool(batch.failed) or batch.retry_after is not None or not batch.delivered
+    return bool(batch.failed) or batch.retry_after is not None or not batch.published
+
+
+def _released(rows: list[_Row], delivered: Sequence[_Row]) -> list[_Row]:
+    """*rows* (claimed while *delivered* was in flight) with ``prev`` cleared where it
+    names a row the broker has now acknowledged: that row was their key's nearest
+    unsent one, so nothing of the key is left to wait for."""
+    done = {r.position for r in delivered}
+    return [r._replace(prev=None) if r.prev in done else r for r in rows]
 
 
 def _tracing_configured() -> bool:

@@ -140,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
     if missed and not report["quick"]:
         print(f"\n{missed} target(s) missed")
+    # A case that did not run (its peer is not installed, its setup failed) makes
+    # the figures incomplete: say so with the exit status, so that CI notices.
+    skipped = [
+        f"{group['name']}/{name}: {case['skipped']}"
+        for group in report["groups"]
+        for name, case in group["cases"].items()
+        if case["skipped"]
+    ]
+    if skipped:
+        print(f"\n{len(skipped)} case(s) did not run:", *skipped, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -129,3 +129,15 @@ def test_a_missing_baseline_gives_null_ratios_and_no_plot(tmp_path: Path) -> Non
     assert [p.name for p in written] == ["results.json", "results.md"]
     assert render_markdown(report, {}) == table
     assert math.isnan(res.ratio("ours"))
+
+
+def test_a_case_that_did_not_run_fails_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    res = _result({"peer": [], "ours": [50.0, 60.0]}, skipped="setup failed: OSError: refused")
+    saved = tmp_path / "latest.json"
+    saved.write_text(json.dumps(build_report([res], quick=True, command="python -m benchmarks")))
+    assert main(["--render", str(saved), "--docs-dir", str(tmp_path / "docs")]) == 1
+    err = capsys.readouterr().err
+    assert "1 case(s) did not run" in err
+    assert "peer: setup failed: OSError: refused" in err

@@ -53,6 +53,7 @@ REQUIRES = re.compile(r"^# requires: *(?P<servers>\w+(?: *, *\w+)*) *$")
 FRAGMENT = re.compile(r"^# fragment: *(?P<why>\S.*)$")
 MARKER_LIKE = re.compile(r"^# *(requires|fragment)\b")
 
+
 @dataclass(frozen=True)
 class Sample:
     source: str  # docs-relative path of the page or file

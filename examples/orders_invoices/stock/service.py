@@ -1,9 +1,4 @@
-"""Stock: reserves the items of a new order, releases them when the order is cancelled.
-
-All or nothing per order: either every line is reserved (``stock.reserved``) or
-none is (``stock.unavailable``). Reservation rows make the release exact and
-idempotent: a cancelled order gives back what *it* took, once.
-"""
+"""The stock service: its tables, HTTP API and event handlers (see the package docstring)."""
 
 from __future__ import annotations
 

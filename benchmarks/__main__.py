@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace, command: str) -> Report | None:
 
 
 def _summary(report: Report) -> int:
-    """Print the ratios; returns how many targets were missed."""
+    """Print the ratios; returns how many targets and budgets were missed."""
     missed = 0
     for group in report["groups"]:
         print(f"== {group['title']} (baseline: {group['baseline']})")
@@ -117,6 +117,13 @@ def _summary(report: Report) -> int:
             ratio = "n/a" if t["ratio"] is None else f"{t['ratio']:.3f}x"
             verdict = "ok" if t["met"] else "MISSED"
             print(f"   target {t['case']} <= {t['max_ratio']}x {t['against']}: {ratio} {verdict}")
+        for b in group.get("budgets", []):
+            missed += not b["met"]
+            verdict = "ok" if b["met"] else "MISSED"
+            print(
+                f"   budget {b['case']} - {b['against']} <= {fmt_ns(b['max_extra_ns'])}: "
+                f"{fmt_ns(b['extra_ns'])} {verdict}"
+            )
     return missed
 
 
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_docs(report, args.docs_dir):
             print(f"wrote {path}")
     if missed and not report["quick"]:
-        print(f"\n{missed} target(s) missed")
+        print(f"\n{missed} target(s) or budget(s) missed")
     # A case that did not run (its peer is not installed, its setup failed) makes
     # the figures incomplete: say so with the exit status, so that CI notices.
     skipped = [

@@ -18,7 +18,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Case", "CaseResult", "Context", "Group", "GroupResult", "Target", "run_group"]
+__all__ = [
+    "Budget",
+    "Case",
+    "CaseResult",
+    "Context",
+    "Group",
+    "GroupResult",
+    "Target",
+    "run_group",
+]
 
 SyncOp = Callable[[], object]
 AsyncOp = Callable[[], Awaitable[object]]
@@ -54,12 +63,26 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """``case`` may cost at most ``max_extra_ns`` more than ``against`` per operation.
+
+    For budgets stated in time rather than as a ratio (e.g. "≤ 3 µs over a bare
+    call"): the difference of the two medians of the same run.
+    """
+
+    case: str
+    max_extra_ns: float
+    against: str | None = None  # default: the group's baseline
+
+
+@dataclass(frozen=True)
 class Group:
     name: str
     title: str
     baseline: str
     cases: list[Case]
     targets: list[Target] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
     number: int = 20_000
     rounds: int = 7
     quick_number: int = 50
@@ -113,6 +136,17 @@ class GroupResult:
         for target in self.group.targets:
             ratio = self.ratio(target.case, target.against)
             rows.append((target, ratio, ratio <= target.max_ratio))
+        return rows
+
+    def budget_rows(self) -> list[tuple[Budget, float, bool]]:
+        rows = []
+        for budget in self.group.budgets:
+            this = self.cases.get(budget.case)
+            base = self.cases.get(budget.against or self.group.baseline)
+            extra = float("nan")
+            if this is not None and base is not None:
+                extra = this.median_ns - base.median_ns
+            rows.append((budget, extra, extra <= budget.max_extra_ns))  # NaN: not met
         return rows
 
 

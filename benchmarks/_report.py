@@ -14,7 +14,7 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from ._harness import GroupResult
 
@@ -51,6 +51,14 @@ class TargetReport(TypedDict):
     met: bool
 
 
+class BudgetReport(TypedDict):
+    case: str
+    max_extra_ns: float
+    against: str
+    extra_ns: float | None
+    met: bool
+
+
 class GroupReport(TypedDict):
     name: str
     title: str
@@ -58,6 +66,7 @@ class GroupReport(TypedDict):
     rounds: int
     cases: dict[str, CaseReport]
     targets: list[TargetReport]
+    budgets: NotRequired[list[BudgetReport]]  # absent from reports written before budgets
 
 
 class Machine(TypedDict):
@@ -115,6 +124,16 @@ def build_report(results: list[GroupResult], *, quick: bool, command: str) -> Re
             )
             for t, ratio, ok in res.target_rows()
         ]
+        budgets = [
+            BudgetReport(
+                case=b.case,
+                max_extra_ns=b.max_extra_ns,
+                against=b.against or res.group.baseline,
+                extra_ns=_num(extra),
+                met=ok,
+            )
+            for b, extra, ok in res.budget_rows()
+        ]
         rounds = max((len(c.samples_ns) for c in res.cases.values()), default=0)
         groups.append(
             GroupReport(
@@ -124,6 +143,7 @@ def build_report(results: list[GroupResult], *, quick: bool, command: str) -> Re
                 rounds=rounds,
                 cases=cases,
                 targets=targets,
+                budgets=budgets,
             )
         )
     return Report(
@@ -311,6 +331,14 @@ def render_markdown(report: Report, plots: dict[str, str]) -> str:
                 lines.append(
                     f"| {t['case']} ≤ {t['max_ratio']}× {t['against']} "
                     f"| {_fmt_ratio(t['ratio'])} | {met} |"
+                )
+        if group.get("budgets"):
+            lines += ["", "| budget | measured | met |", "|---|---|---|"]
+            for b in group.get("budgets", []):
+                met = "yes" if b["met"] else "**no**"
+                lines.append(
+                    f"| {b['case']} − {b['against']} ≤ {fmt_ns(b['max_extra_ns'])} "
+                    f"| {fmt_ns(b['extra_ns'])} | {met} |"
                 )
         if group["name"] in plots:
             lines += [

@@ -12,7 +12,7 @@ import os
 import warnings
 from typing import Any
 
-from ._harness import Case, Context, Group, Target
+from ._harness import Budget, Case, Context, Group, Target
 
 RAW = "raw redis SET NX (1 round trip)"
 OURS_NEW = "resilience @idempotent + RedisStore"
@@ -263,6 +263,7 @@ def groups(ctx: Context) -> list[Group]:
                 Case("MemoryStore replay", setup=_memory_replay),
                 Case("MemoryStore new key", setup=_memory_new),
             ],
+            budgets=[Budget("MemoryStore replay", 3_000.0)],
             number=20_000,
         ),
         Group(

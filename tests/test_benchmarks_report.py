@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks.__main__ import main
-from benchmarks._harness import CaseResult, Group, GroupResult
+from benchmarks._harness import Budget, CaseResult, Group, GroupResult
 from benchmarks._report import build_report, render_markdown, write_docs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -141,3 +141,24 @@ def test_a_case_that_did_not_run_fails_the_command(
     err = capsys.readouterr().err
     assert "1 case(s) did not run" in err
     assert "peer: setup failed: OSError: refused" in err
+
+
+def test_a_budget_compares_medians_and_shows_in_the_table(tmp_path: Path) -> None:
+    group = Group(
+        name="g.budget",
+        title="Synthetic budget",
+        baseline="bare",
+        cases=[],
+        budgets=[Budget("wrapped", 3_000.0), Budget("slow", 3_000.0)],
+    )
+    samples = {"bare": [100.0, 300.0], "wrapped": [2_900.0, 3_100.0], "slow": [3_500.0, 3_700.0]}
+    res = GroupResult(group, {n: CaseResult(n, samples_ns=s) for n, s in samples.items()})
+    report = build_report([res], quick=False, command="python -m benchmarks")
+    budgets = report["groups"][0].get("budgets", [])
+    assert [(b["case"], b["extra_ns"], b["met"]) for b in budgets] == [
+        ("wrapped", 2_800.0, True),
+        ("slow", 3_400.0, False),
+    ]
+    table = render_markdown(report, {})
+    assert "| wrapped − bare ≤ 3.00 µs | 2.80 µs | yes |" in table
+    assert "| slow − bare ≤ 3.00 µs | 3.40 µs | **no** |" in table

@@ -4,6 +4,8 @@ import argparse
 import sys
 
 from examples.orders_invoices import demo, supervisor
+from examples.orders_invoices._tracing import TracingUnavailableError
+from examples.orders_invoices.supervisor import add_trace_exporter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,8 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run_demo = sub.add_parser("demo", help="run the whole system in one process with chaos")
     run_demo.add_argument(
-        "--trace", action="store_true", help="print the OpenTelemetry trace of one order first"
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="skip printing one order's trace (printed when opentelemetry-sdk is installed)",
     )
+    add_trace_exporter(run_demo)
     run_demo.add_argument(
         "--crash-after-charge",
         type=int,
@@ -34,13 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return demo.main(trace=args.trace, crash_after_charge=args.crash_after_charge)
-    settings = supervisor.settings_from(args)
-    if args.command == "up":
-        return supervisor.up(settings)
-    return supervisor.serve(args.service, settings, supervised=args.supervised)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return demo.main(
+                trace=args.trace,
+                exporter=args.trace_exporter,
+                crash_after_charge=args.crash_after_charge,
+            )
+        settings = supervisor.settings_from(args)
+        if args.command == "up":
+            return supervisor.up(settings)
+        return supervisor.serve(args.service, settings, supervised=args.supervised)
+    except TracingUnavailableError as exc:
+        parser.error(str(exc))  # exits 2 with the message, like any other bad flag
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from examples.orders_invoices import _tracing
 from examples.orders_invoices.domain import DECLINED_CARD
 from examples.orders_invoices.embedded import EmbeddedSystem
 from resilience.tracing import format_trace
@@ -205,7 +206,7 @@ def report(system: EmbeddedSystem, client: Client, say: Callable[[str], None]) -
     )
 
 
-def trace_one_order(system: EmbeddedSystem, spans: Callable[[], list[Any]]) -> str:
+def trace_one_order(system: EmbeddedSystem, spans: Callable[[], Sequence[Any]]) -> str:
     """Place one order under a known trace id, wait for it to settle, render its trace."""
     trace_id = uuid.uuid4().hex
     headers = {
@@ -225,36 +226,27 @@ def trace_one_order(system: EmbeddedSystem, spans: Callable[[], list[Any]]) -> s
     return format_trace(mine, attributes=["messaging.destination.name"], timings=False)
 
 
-def main(*, trace: bool = False, crash_after_charge: int = 2) -> int:
+def main(*, trace: bool = True, exporter: str = "none", crash_after_charge: int = 2) -> int:
     """Run the demo; 0 when every invariant holds, 1 otherwise.
 
-    With *trace*, OpenTelemetry's SDK records spans in memory and the trace of
-    one order (gateway → orders → relay → broker → stock → ... → email) is
-    printed before the chaos starts.
+    With *trace* (and OpenTelemetry's SDK installed), spans are kept in memory
+    and the trace of one order (gateway → orders → relay → broker → stock → ...
+    → email) is printed before the chaos starts. *exporter* also sends every
+    span to the console or over OTLP (see ``_tracing``).
     """
     started = time.monotonic()
-    spans: Callable[[], list[Any]] = list
-    if trace:
-        from opentelemetry import trace as otel
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider(
-            resource=Resource.create({"service.name": "orders-invoices-embedded"})
-        )
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        otel.set_tracer_provider(provider)
-        spans = lambda: list(exporter.get_finished_spans())  # noqa: E731
+    trace = trace and _tracing.sdk_installed()
+    shutdown, spans = _tracing.install(exporter, "orders-invoices-embedded", keep_in_memory=trace)
     print("starting 7 services, fake Stripe, fake Correios and an SMTP sink in this process ...")
     with EmbeddedSystem() as system:
         if trace:
             print("the trace of one order:")
             print(trace_one_order(system, spans))
             print("")
+        else:
+            print("(no trace view: install opentelemetry-sdk to see one order's trace)")
         broken = run(system, crash_after_charge=crash_after_charge)
+    shutdown()
     print("")
     if broken:
         print("INVARIANTS BROKEN:")

@@ -25,6 +25,7 @@ from typing import IO, Protocol
 
 import httpx
 
+from examples.orders_invoices import _tracing
 from examples.orders_invoices._environment import ServerEnvironment
 from examples.orders_invoices._service import Service
 from examples.orders_invoices.deployment import (
@@ -57,6 +58,7 @@ class Settings:
     base_port: int = DEFAULT_BASE_PORT
     consumer_options: Mapping[str, str] = field(default_factory=dict)
     options: Options = field(default_factory=Options)
+    trace_exporter: str = _tracing.DEFAULT_EXPORTER
 
     def environment(self) -> ServerEnvironment:
         return ServerEnvironment(
@@ -83,6 +85,7 @@ class Settings:
             f"--saga-timeout={opts.saga_timeout}",
             f"--crash-after-charge={opts.crash_after_charge}",
             "--stock=" + ",".join(f"{sku}={n}" for sku, n in opts.stock.items()),
+            f"--trace-exporter={self.trace_exporter}",
         ]
         out += [f"--kafka-consumer-option={k}={v}" for k, v in self.consumer_options.items()]
         return [*out, "--no-policies"] if not opts.policies else out
@@ -102,9 +105,21 @@ def _stock(text: str) -> dict[str, int]:
         raise argparse.ArgumentTypeError(f"expected sku=units,...: {exc}") from exc
 
 
+def add_trace_exporter(parser: argparse.ArgumentParser) -> None:
+    """``--trace-exporter``, defaulting to ``OTEL_TRACES_EXPORTER`` (see ``_tracing``)."""
+    parser.add_argument(
+        "--trace-exporter",
+        choices=_tracing.EXPORTERS,
+        default=_tracing.exporter_from_environment(),
+        help="where every span goes: stdout as JSON, OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "or nowhere (default: OTEL_TRACES_EXPORTER, else none)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags ``up`` and ``serve`` share."""
     d = Settings()
+    add_trace_exporter(parser)
     parser.add_argument("--kafka", default=d.kafka, metavar="HOST:PORT", help="Kafka bootstrap")
     parser.add_argument(
         "--postgres", default=d.postgres, metavar="URL", help="PostgreSQL server URL"
@@ -162,6 +177,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             policies=not args.no_policies,
             stock=args.stock,
         ),
+        trace_exporter=args.trace_exporter,
     )
 
 
@@ -181,6 +197,7 @@ def serve(name: str, settings: Settings, *, supervised: bool = False) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     layout = ports(settings.base_port)
+    shutdown_tracing, _ = _tracing.install(settings.trace_exporter, f"orders-invoices-{name}")
     runner: _Runnable
     if name == "fakes":
         runner = Fakes(layout["stripe"], layout["correios"], layout["smtp"], layout["mailbox"])
@@ -199,6 +216,7 @@ def serve(name: str, settings: Settings, *, supervised: bool = False) -> int:
         runner.stop()
     if isinstance(runner, Service):
         runner.close()
+    shutdown_tracing()  # flush the spans still batched
     return 0
 
 

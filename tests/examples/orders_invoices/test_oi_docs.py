@@ -23,6 +23,7 @@ def test_documented_commands_are_real_ones() -> None:
     commands = [line.split() for block in blocks for line in block.splitlines()]
     assert [c[:4] for c in commands] == [
         ["python", "-m", "examples.orders_invoices", "demo"],
+        ["python", "-m", "examples.orders_invoices", "demo"],
         ["python", "-m", "examples.orders_invoices", "up"],
         ["python", "-m", "examples.orders_invoices", "serve"],
     ]

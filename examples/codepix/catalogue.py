@@ -18,6 +18,7 @@ from examples.codepix.application import (
     FAILED,
     REQUESTED,
     FailedPayload,
+    FailureReportPayload,
     ForwardedTransferPayload,
     StatusPayload,
     StatusReportPayload,
@@ -42,7 +43,7 @@ def to_codepix(message_type: str) -> str:
 
 
 def catalogue() -> tuple[EventSpec, ...]:
-    """The seven messages of a transfer's life, in the order they happen."""
+    """The eight messages of a transfer's life, in the order they happen."""
     rows: tuple[tuple[str, str, str, str, type[Any], str], ...] = (
         (REQUESTED, to_codepix(REQUESTED), ORIGIN, CODEPIX, TransferRequestPayload,
          "The origin debited the sender and asks CodePix to move the money."),
@@ -56,8 +57,11 @@ def catalogue() -> tuple[EventSpec, ...]:
          "The origin settled its side (its own transfer is now completed)."),
         (COMPLETED, BANK_TOPIC, CODEPIX, DESTINATION, StatusPayload,
          "CodePix tells the destination that the transfer is done."),
+        (FAILED, to_codepix(FAILED), DESTINATION, CODEPIX, FailureReportPayload,
+         "The destination has no such account; CodePix marks the transfer error."),
         (FAILED, BANK_TOPIC, CODEPIX, ORIGIN, FailedPayload,
-         "CodePix refused the transfer (unknown key, own account...); the origin refunds."),
+         "CodePix or the destination refused the transfer (unknown key, own account,"
+         " no such account...); the origin refunds."),
     )  # fmt: skip
     return tuple(
         EventSpec(

@@ -38,8 +38,9 @@ ZIPS = ("01310-100", "20040-020", "30130-010", "40020-000", "90010-150")
 def post_order(http: httpx.Client, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
     """POST /orders, retrying while the gateway answers 409.
 
-    409 means the first attempt with this key is still being recorded (the
-    gateway answers the client before it stores the response). A real client
+    409 means the first attempt with this key is still running at the gateway
+    (the middleware stores its response before sending it, so a retry after
+    the answer is replayed, never refused). A real client
     waits for ``Retry-After`` (1 s at least); the demo polls every 50 ms to
     stay short.
     """

@@ -9,6 +9,7 @@ topic                          type                        payload
                                                            pix_key_kind, pix_key, description
 ``transaction_confirmation``   ``transaction.confirmed``   id (sent by the destination bank)
 ``transaction_confirmation``   ``transaction.completed``   id (sent by the origin bank)
+``transaction_confirmation``   ``transaction.failed``      id, reason (the destination refuses)
 ``bank<code>`` (CodePix out)   ``transaction.requested``   the transfer, status pending
 ``bank<code>``                 ``transaction.confirmed``   id, status (to the origin bank)
 ``bank<code>``                 ``transaction.completed``   id, status (to the destination bank)
@@ -48,6 +49,13 @@ class StatusReportPayload(TypedDict):
     """``transaction.confirmed`` / ``.completed`` from a bank to CodePix."""
 
     id: str
+
+
+class FailureReportPayload(TypedDict):
+    """``transaction.failed`` from the destination bank to CodePix: it cannot credit the transfer."""
+
+    id: str
+    reason: str
 
 
 class AccountRef(TypedDict):
@@ -140,6 +148,21 @@ class StatusUpdate:
     def from_payload(cls, message_id: str, payload: object) -> StatusUpdate:
         """Parse a payload; raises `MalformedMessageError`."""
         return cls(message_id=message_id, id=_string(_object(payload), "id"))
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReport:
+    """The destination bank refuses a transfer (``transaction.failed`` on the confirmations)."""
+
+    message_id: str
+    id: str
+    reason: str
+
+    @classmethod
+    def from_payload(cls, message_id: str, payload: object) -> FailureReport:
+        """Parse a payload; raises `MalformedMessageError`."""
+        body = _object(payload)
+        return cls(message_id=message_id, id=_string(body, "id"), reason=_string(body, "reason"))
 
 
 def transfer_payload(transaction: Transaction) -> ForwardedTransferPayload:

@@ -57,6 +57,9 @@ class PixKeyRepository(Protocol):
     def add(self, pix_key: PixKey) -> None:
         """Store *pix_key*; raises `PixKeyAlreadyExistsError` if anyone owns it, even concurrently."""
 
+    def save(self, pix_key: PixKey) -> None:
+        """Persist a status change of a stored key (its kind, key and account never change)."""
+
 
 class TransactionRepository(Protocol):
     """Transfers by id."""

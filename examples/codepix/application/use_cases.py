@@ -33,6 +33,7 @@ from .messages import (
     FAILED,
     REQUESTED,
     FailedPayload,
+    FailureReport,
     StatusPayload,
     StatusUpdate,
     TransferRequest,
@@ -107,6 +108,28 @@ class FindPixKey:
         if found is None:
             raise PixKeyNotFoundError(f"no {parsed_kind} key {canonical!r}")
         return found
+
+
+class DeactivatePixKey:
+    """Stop a key receiving transfers (its owner gave it up); transfers to it are then refused.
+
+    The key is kept, not deleted: past transactions refer to it, and a refused
+    transfer's reason can still name it.
+    """
+
+    def __init__(self, uow: UnitOfWorkFactory) -> None:
+        self._uow = uow
+
+    def __call__(self, kind: str, key: str) -> PixKey:
+        parsed_kind, canonical = normalize_key(kind, key)
+        with self._uow() as uow:
+            found = uow.pix_keys.find(parsed_kind, canonical)
+            if found is None:
+                raise PixKeyNotFoundError(f"no {parsed_kind} key {canonical!r}")
+            deactivated = found.deactivate()  # InactivePixKeyError if it already is
+            uow.pix_keys.save(deactivated)
+            uow.commit()
+        return deactivated
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +277,47 @@ class CompleteTransaction(_StatusChange):
         return transaction.pix_key_to.account.bank.code
 
 
+class FailTransaction:
+    """The destination bank cannot credit (it lacks the key's account): mark error, tell the origin.
+
+    Only a pending transfer can be refused this way: once the destination has
+    confirmed, it has credited the money, and refunding the origin as well would
+    create money; such a report is an `IllegalTransitionError` (dead-lettered).
+    """
+
+    def __init__(self, uow: UnitOfWorkFactory) -> None:
+        self._uow = uow
+
+    def __call__(self, report: FailureReport) -> TransferOutcome:
+        with self._uow() as uow:
+            if not uow.inbox.first_time(CONFIRMATIONS_CONSUMER, report.message_id):
+                return TransferOutcome(duplicate=True)
+            current = uow.transactions.get(report.id)
+            if current is None:
+                raise TransactionNotFoundError(f"no transaction {report.id!r}")
+            if current.status is TransactionStatus.ERROR:
+                uow.commit()  # the bank refused again under a new message id
+                return TransferOutcome(transaction=current, duplicate=True)
+            if current.status is not TransactionStatus.PENDING:
+                raise IllegalTransitionError(
+                    f"transaction {current.id} is {current.status}; the destination cannot refuse it"
+                )
+            failed = current.fail(report.reason)
+            uow.transactions.save(failed)
+            uow.messages.emit(
+                OutgoingMessage(
+                    bank_code=failed.account_from.bank.code,
+                    type=FAILED,
+                    key=failed.id,
+                    payload=FailedPayload(
+                        id=failed.id, status=str(failed.status), reason=failed.error_reason or ""
+                    ),
+                )
+            )
+            uow.commit()
+        return TransferOutcome(transaction=failed, rejected=failed.error_reason)
+
+
 PERMANENT_ERRORS: Final[tuple[type[Exception], ...]] = (
     CodePixError,  # malformed payloads, unknown accounts / transactions, illegal transitions
 )
@@ -265,6 +329,8 @@ __all__ = [
     "TRANSACTIONS_CONSUMER",
     "CompleteTransaction",
     "ConfirmTransaction",
+    "DeactivatePixKey",
+    "FailTransaction",
     "FindPixKey",
     "OpenAccount",
     "RegisterBank",

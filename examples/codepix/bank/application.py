@@ -19,6 +19,7 @@ from examples.codepix.application import (
     CONFIRMED,
     FAILED,
     REQUESTED,
+    FailureReportPayload,
     MalformedMessageError,
     StatusReportPayload,
     TransferRequestPayload,
@@ -227,7 +228,8 @@ def _body(payload: object) -> Mapping[str, Any]:
 class ReceiveMessage:
     """Apply one message CodePix sent to this bank, exactly once (inbox + status machine).
 
-    - ``transaction.requested``: we are the destination: credit, tell CodePix ``confirmed``;
+    - ``transaction.requested``: we are the destination: credit, tell CodePix ``confirmed``
+      (or ``failed`` with the reason, for an account we do not have);
     - ``transaction.confirmed``: we are the origin: settle, tell CodePix ``completed``;
     - ``transaction.failed``: we are the origin: refund the debit, mark ``error``;
     - ``transaction.completed``: we are the destination: mark ``completed``.
@@ -272,9 +274,14 @@ class ReceiveMessage:
             return  # forwarded again under a new message id: credited already
         account_id = _field(destination, "account_id")
         if uow.accounts.get(account_id) is None:
-            raise AccountNotFoundError(
-                f"transfer {transfer_id} is for unknown account {account_id}"
+            # CodePix routed a key to an account this database lacks (lost, or never
+            # opened here). Dead-lettering would leave the origin's money in limbo:
+            # answer instead, so CodePix fails the transfer and the origin refunds.
+            reason = f"bank {self._profile.code} has no account {account_id}"
+            uow.messages.emit(
+                FAILED, transfer_id, FailureReportPayload(id=transfer_id, reason=reason)
             )
+            return
         transfer = Transfer(
             id=transfer_id,
             direction=Direction.IN,

@@ -96,7 +96,7 @@ class SameAccountError(RuleViolationError):
 
 
 class InactivePixKeyError(RuleViolationError):
-    """The destination key exists but no longer receives transfers."""
+    """The key exists but was deactivated: it receives no transfers, nor a second deactivation."""
 
 
 class IllegalTransitionError(RuleViolationError):

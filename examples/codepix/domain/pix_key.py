@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import uuid
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .bank import Account
-from .errors import InvalidPixKeyError
+from .errors import InactivePixKeyError, InvalidPixKeyError
 
 _EMAIL_MAX: Final = 77  # the Pix rulebook's limit for e-mail keys
 _EMAIL: Final = re.compile(
@@ -141,3 +142,13 @@ class PixKey:
     def is_active(self) -> bool:
         """Whether transfers to this key are accepted."""
         return self.status is PixKeyStatus.ACTIVE
+
+    def deactivate(self) -> PixKey:
+        """This key, inactive; the row stays (transactions refer to it) but receives nothing.
+
+        Deactivating twice is an `InactivePixKeyError`: a second request means the
+        caller's view is stale, which it should hear about rather than get a silent no-op.
+        """
+        if not self.is_active:
+            raise InactivePixKeyError(f"key {self.kind}:{self.key} is already inactive")
+        return dataclasses.replace(self, status=PixKeyStatus.INACTIVE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from examples.orders_invoices._infra import UNPROTECTED_TIMEOUT, ProblemError, h
 from examples.orders_invoices._service import Service
 from examples.orders_invoices.domain import CreateOrder
 from resilience import CircuitOpenError
-from resilience.idempotency import IdempotencyMiddleware
+from resilience.idempotency import IdempotencyMiddleware, authorization_principal
 from resilience.policies import CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEvent
 
 
@@ -132,8 +133,24 @@ class GatewayService(Service):
             media_type=response.headers.get("content-type", "application/json"),
         )
 
-    def create_order(self, body: CreateOrder) -> JSONResponse:
-        return self._forward(self.call("orders", "POST", "/orders", json=body.model_dump()))
+    def create_order(self, body: CreateOrder, request: Request) -> JSONResponse:
+        # The middleware stores no 5xx, so a client retries an order whose upstream call
+        # timed out. Orders may have created it anyway: it gets a key of its own, derived
+        # from the client's key and principal (the middleware's scope), and answers a
+        # repeat with the order it already has instead of a second one.
+        key = request.headers["Idempotency-Key"]  # required=True: the middleware checked
+        upstream_key = hashlib.sha256(
+            f"{authorization_principal(request.scope)}\n{key}".encode()
+        ).hexdigest()
+        return self._forward(
+            self.call(
+                "orders",
+                "POST",
+                "/orders",
+                json=body.model_dump(),
+                headers={"Idempotency-Key": upstream_key},
+            )
+        )
 
     def get_order(self, order_id: str) -> JSONResponse:
         return self._forward(self.call("orders", "GET", f"/orders/{order_id}"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
+from fastapi import Header
 
 from examples.orders_invoices._environment import Environment
 from examples.orders_invoices._infra import ProblemError, Worker
@@ -60,6 +61,9 @@ ORDER_SAGA = SagaDefinition(
 )
 """The order saga: which event moves an order from which status to which."""
 
+ORDER_KEYS = uuid.UUID("6f1d2c3a-4b5e-5f60-8a71-92b3c4d5e6f7")
+"""Namespace of the order ids derived from ``Idempotency-Key`` (uuid5)."""
+
 CANCEL_REASONS: dict[str, CancelReason] = {
     StockUnavailable.type: "out_of_stock",
     PaymentFailed.type: "payment_failed",
@@ -109,11 +113,24 @@ class OrdersService(Service):
 
     # ------------------------------------------------------------------ HTTP
 
-    def create_order(self, body: CreateOrder) -> dict[str, Any]:
+    def create_order(
+        self,
+        body: CreateOrder,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> dict[str, Any]:
+        """Create a pending order and start its saga.
+
+        With an ``Idempotency-Key`` the order id is derived from it, so a repeat
+        (the gateway retrying after a timeout, when the first attempt did commit)
+        hits the primary key and gets the existing order back: the check and the
+        creation are one insert, with no window between them.
+        """
         unknown = sorted({item.sku for item in body.items} - CATALOG.keys())
         if unknown:
             raise ProblemError(422, "Unknown product", f"not in the catalog: {', '.join(unknown)}")
-        order_id = str(uuid.uuid4())
+        order_id = (
+            str(uuid.uuid5(ORDER_KEYS, idempotency_key)) if idempotency_key else str(uuid.uuid4())
+        )
         items = [item.model_dump() for item in body.items]
         total = sum(CATALOG[item.sku] * item.qty for item in body.items)
         row = {
@@ -129,11 +146,30 @@ class OrdersService(Service):
         created = self.outgoing(
             OrderCreated(order_id=order_id, items=body.items, total_cents=total)
         )
-        with self.sessions.begin() as session:
-            session.execute(self.orders.insert().values(row))
-            # The saga row (the semantic lock), its deadline timer and order.created: one commit.
-            self.saga.start(session, order_id, timeout=self.saga_timeout, emit=created)
+        try:
+            with self.sessions.begin() as session:
+                session.execute(self.orders.insert().values(row))
+                # The saga row (the semantic lock), its deadline timer and order.created: one commit.
+                self.saga.start(session, order_id, timeout=self.saga_timeout, emit=created)
+        except sa.exc.IntegrityError:
+            if not idempotency_key:
+                raise
+            return self._existing(order_id, row)
         return self._public(row)
+
+    def _existing(self, order_id: str, wanted: dict[str, Any]) -> dict[str, Any]:
+        """The order an earlier request with the same key created, if it asked for the same."""
+        with self.engine.connect() as conn:
+            found = conn.execute(self.orders.select().where(self.orders.c.id == order_id)).first()
+        if found is None:  # the conflict was not on this order's id
+            raise ProblemError(409, "Conflict", f"order {order_id} could not be created")
+        existing = dict(found._mapping)
+        same = ("customer", "zip", "card", "items", "total_cents")
+        if any(existing[field] != wanted[field] for field in same):
+            raise ProblemError(
+                422, "Idempotency-Key reused", "this key created an order with other contents"
+            )
+        return self._public(existing)
 
     def get_order(self, order_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:

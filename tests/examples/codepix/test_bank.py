@@ -8,9 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import sqlalchemy as sa
+from examples.codepix.adapters.grpc_api._generated import codepix_pb2, codepix_pb2_grpc
+from examples.codepix.application import OpenAccount, RegisterPixKey
 from examples.codepix.bank.adapters.sql import entries
 from examples.codepix.bank.domain import (
     KNOWN_BANKS,
@@ -32,6 +35,7 @@ from examples.codepix.domain import (
     InvalidAmountError,
     InvalidInputError,
     PixKeyAlreadyExistsError,
+    TransactionNotFoundError,
 )
 
 from resilience.messaging import DLQ_REASON, Message
@@ -137,6 +141,59 @@ def test_refused_transfer_is_refunded_exactly_once_despite_redeliveries(
     wait_until(lambda: net.broker.pending("bank001", "bank001") == 0)
     assert balance(bbx, people["ann"]) == 10_000
     assert entry_kinds(bbx, sent.transfer.id) == ["debit", "refund"]
+
+
+def test_transfer_to_a_deactivated_key_is_refused_and_refunded_once(
+    net: EmbeddedNetwork, people: dict[str, Any]
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{net.grpc_port}") as channel:
+        stub = codepix_pb2_grpc.PixServiceStub(channel)
+        request = codepix_pb2.DeactivatePixKeyRequest(kind="random", key=people["keys"]["bob"])
+        assert stub.DeactivatePixKey(request, timeout=10).status == "inactive"
+    net.broker.duplicate_deliveries(2)  # every message arrives three times
+    bbx, ctd = net.banks["001"], net.banks["002"]
+    sent = bbx.send(
+        account_id=people["ann"],
+        pix_key_kind="random",
+        pix_key=people["keys"]["bob"],
+        amount_cents=2_500,
+    )
+    failed = settle(bbx, sent.transfer.id)
+    assert failed.status is TransferStatus.ERROR
+    assert "inactive" in (failed.reason or "")
+    wait_until(lambda: net.broker.pending("bank001", "bank001") == 0)
+    assert balance(bbx, people["ann"]) == 10_000
+    assert entry_kinds(bbx, sent.transfer.id) == ["debit", "refund"]
+    assert balance(ctd, people["bob"]) == 5_000  # never credited
+    assert net.codepix_status(sent.transfer.id) is None  # refused before it was registered
+
+
+def test_destination_without_the_account_refuses_and_the_origin_is_refunded_once(
+    net: EmbeddedNetwork, people: dict[str, Any]
+) -> None:
+    """CodePix knows the key's account, CTD's database does not: CTD answers, nothing is stuck."""
+    OpenAccount(net.codepix_uow)(
+        bank_code="002", account_id="002-ghost", number="999999", owner_name="Ghost"
+    )
+    ghost_key = str(uuid.uuid4())
+    RegisterPixKey(net.codepix_uow)("random", ghost_key, "002-ghost")
+    net.broker.duplicate_deliveries(2)  # every message arrives three times
+    bbx, ctd = net.banks["001"], net.banks["002"]
+    before = net.total_cents()
+    sent = bbx.send(
+        account_id=people["ann"], pix_key_kind="random", pix_key=ghost_key, amount_cents=2_500
+    )
+    failed = settle(bbx, sent.transfer.id)
+    assert failed.status is TransferStatus.ERROR
+    assert "002-ghost" in (failed.reason or "")
+    wait_until(lambda: net.codepix_status(sent.transfer.id) == "error")
+    wait_until(lambda: net.broker.pending("bank001", "bank001") == 0)
+    assert balance(bbx, people["ann"]) == 10_000
+    assert entry_kinds(bbx, sent.transfer.id) == ["debit", "refund"]
+    assert net.total_cents() == before
+    assert net.broker.dead_letters("bank002") == []  # answered, not dead-lettered
+    with pytest.raises(TransactionNotFoundError):
+        ctd.queries.transfer(sent.transfer.id)  # nothing was credited there
 
 
 def test_sending_is_idempotent_by_transfer_id(net: EmbeddedNetwork, people: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from examples._catalogue import EventSpec, render_catalogue
 from examples.codepix.adapters.messaging import TOPICS
+from examples.codepix.application import OpenAccount, RegisterPixKey
 from examples.codepix.bank.domain import KNOWN_BANKS
 from examples.codepix.catalogue import BANK_TOPIC, CODEPIX, catalogue
 from examples.codepix.demo import FINAL, EmbeddedNetwork, wait_until
@@ -95,11 +96,16 @@ def test_every_message_of_a_run_is_in_the_catalogue(tmp_path: Path) -> None:
     try:
         bbx, ctd = net.banks["001"], net.banks["002"]
         ann, bob = bbx.open_account("Ann", 1_000), ctd.open_account("Bob", 0)
-        key = str(uuid.uuid4())
+        key, ghost_key = str(uuid.uuid4()), str(uuid.uuid4())
         ctd.register_key(bob.id, "random", key)
+        # a key CodePix routes to CTD for an account CTD's database does not have
+        OpenAccount(net.codepix_uow)(
+            bank_code="002", account_id="002-ghost", number="1", owner_name="Ghost"
+        )
+        RegisterPixKey(net.codepix_uow)("random", ghost_key, "002-ghost")
         sent = [
             bbx.send(account_id=ann.id, pix_key_kind="random", pix_key=k, amount_cents=100)
-            for k in (key, str(uuid.uuid4()))  # one completes, one is refused
+            for k in (key, str(uuid.uuid4()), ghost_key)  # completes, refused by each side
         ]
         for s in sent:
             wait_until(lambda s=s: bbx.queries.transfer(s.transfer.id)[0].status in FINAL)

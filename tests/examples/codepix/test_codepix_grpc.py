@@ -82,6 +82,31 @@ def test_status_codes(stub: Any) -> None:
     assert find(stub, "cpf", "52998224725").account.id == "acc-ann"
 
 
+def deactivate(stub: Any, kind: str, key: str) -> Any:
+    return stub.DeactivatePixKey(
+        codepix_pb2.DeactivatePixKeyRequest(kind=kind, key=key), timeout=10
+    )
+
+
+def test_deactivate_keeps_the_key_inactive_and_maps_errors(stub: Any) -> None:
+    register(stub, "email", "bob@example.com", "acc-bob")
+    deactivated = deactivate(stub, "email", "Bob@Example.com")
+    assert (deactivated.key, deactivated.status) == ("bob@example.com", "inactive")
+    assert deactivated.account.id == "acc-bob"
+    assert find(stub, "email", "bob@example.com") == deactivated  # kept, not deleted
+    assert (
+        code_of(deactivate, stub, "email", "bob@example.com") == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert code_of(deactivate, stub, "email", "nobody@example.com") == grpc.StatusCode.NOT_FOUND
+    assert code_of(deactivate, stub, "cpf", "123") == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(deactivate, stub, "iban", "x") == grpc.StatusCode.INVALID_ARGUMENT
+    # a deactivated key still belongs to its account: nobody else can take it
+    assert (
+        code_of(register, stub, "email", "bob@example.com", "acc-ann")
+        == grpc.StatusCode.ALREADY_EXISTS
+    )
+
+
 def open_account(stub: Any, bank_code: str, account_id: str, owner: str = "Dee") -> Any:
     return stub.OpenAccount(
         codepix_pb2.OpenAccountRequest(
@@ -153,7 +178,12 @@ def test_reflection_lists_and_describes_the_service(target: str) -> None:
         from google.protobuf.descriptor_pool import DescriptorPool
 
         service = DescriptorPool(database).FindServiceByName(SERVICE_NAME)
-        assert {m.name for m in service.methods} == {"RegisterPixKey", "Find", "OpenAccount"}
+        assert {m.name for m in service.methods} == {
+            "RegisterPixKey",
+            "Find",
+            "OpenAccount",
+            "DeactivatePixKey",
+        }
 
 
 class _SlowUnitOfWork:

@@ -45,6 +45,7 @@ BANK_ROUTER = TopicRouter(
         "transaction.requested": "transactions",
         "transaction.confirmed": "transaction_confirmation",
         "transaction.completed": "transaction_confirmation",
+        "transaction.failed": "transaction_confirmation",
         "transaction.exploded": "transactions",  # a type CodePix does not know
     }
 )
@@ -187,6 +188,26 @@ def test_transfer_to_own_account_is_refused_with_reason(net: Network) -> None:
     net.request("tx-self", pix_key=own)
     failed = eventually(lambda: of_type(net.inbox("001"), "transaction.failed", "tx-self"))
     assert "origin account" in failed[0].payload["reason"]
+
+
+def test_destination_refusal_fails_the_transaction_and_tells_the_origin(net: Network) -> None:
+    net.request("tx-refused")
+    eventually(lambda: of_type(net.inbox("002"), "transaction.requested", "tx-refused"))
+    net.send("transaction.failed", {"id": "tx-refused"}, key="tx-refused")  # no reason: poison
+    refusal = {"id": "tx-refused", "reason": "bank 002 has no account acc-bob"}
+    net.send("transaction.failed", refusal, key="tx-refused")
+    net.send("transaction.failed", refusal, key="tx-refused")  # the bank repeats itself
+    failed = eventually(lambda: of_type(net.inbox("001"), "transaction.failed", "tx-refused"))
+    assert failed[0].payload == {
+        "id": "tx-refused",
+        "status": "error",
+        "reason": "bank 002 has no account acc-bob",
+    }
+    assert net.status("tx-refused") == "error"
+    eventually(lambda: net.broker.pending(GROUP, "transaction_confirmation") == 0)
+    assert len(of_type(net.inbox("001"), "transaction.failed", "tx-refused")) == 1
+    [dead] = net.broker.dead_letters("transaction_confirmation")
+    assert "payload has no 'reason'" in dict(dead.headers)[DLQ_REASON].decode()
 
 
 def test_duplicates_are_absorbed(net: Network) -> None:

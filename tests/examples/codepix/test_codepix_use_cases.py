@@ -14,6 +14,9 @@ from examples.codepix.application import (
     REQUESTED,
     CompleteTransaction,
     ConfirmTransaction,
+    DeactivatePixKey,
+    FailTransaction,
+    FailureReport,
     FindPixKey,
     OpenAccount,
     OutgoingMessage,
@@ -30,12 +33,14 @@ from examples.codepix.domain import (
     BankAlreadyExistsError,
     BankNotFoundError,
     IllegalTransitionError,
+    InactivePixKeyError,
     InvalidBankError,
     InvalidPixKeyError,
     PixKey,
     PixKeyAlreadyExistsError,
     PixKeyKind,
     PixKeyNotFoundError,
+    PixKeyStatus,
     Transaction,
     TransactionNotFoundError,
     TransactionStatus,
@@ -84,6 +89,9 @@ class Keys(_Repo):
     def add(self, pix_key: PixKey) -> None:
         if (pix_key.kind, pix_key.key) in self.work.keys:
             raise PixKeyAlreadyExistsError(pix_key.key)
+        self.work.keys[(pix_key.kind, pix_key.key)] = pix_key
+
+    def save(self, pix_key: PixKey) -> None:
         self.work.keys[(pix_key.kind, pix_key.key)] = pix_key
 
 
@@ -188,6 +196,26 @@ def test_key_registration_rules(db: Database) -> None:
         FindPixKey(db)("cpf", "52998224725")
 
 
+def test_deactivated_key_is_kept_and_refuses_transfers(db: Database) -> None:
+    deactivated = DeactivatePixKey(db)("email", "BOB@example.com")
+    assert (deactivated.key, deactivated.status) == ("bob@example.com", PixKeyStatus.INACTIVE)
+    assert FindPixKey(db)("email", "bob@example.com").status is PixKeyStatus.INACTIVE
+    commits = db.commits
+    with pytest.raises(InactivePixKeyError):
+        DeactivatePixKey(db)("email", "bob@example.com")
+    with pytest.raises(PixKeyNotFoundError):
+        DeactivatePixKey(db)("email", "nobody@example.com")
+    with pytest.raises(InvalidPixKeyError):
+        DeactivatePixKey(db)("cpf", "123")
+    assert db.commits == commits  # refusals change nothing
+    outcome = RegisterTransaction(db)(request())
+    assert outcome.rejected is not None
+    assert "inactive" in outcome.rejected
+    [sent] = db.state.sent
+    assert (sent.bank_code, sent.type) == ("001", FAILED)
+    assert db.state.transactions == {}
+
+
 def test_accepted_transfer_is_stored_and_forwarded_in_one_commit(db: Database) -> None:
     commits = db.commits
     outcome = RegisterTransaction(db)(request())
@@ -263,3 +291,28 @@ def test_status_changes_and_their_order(db: Database) -> None:
     ]
     with pytest.raises(TransactionNotFoundError):
         ConfirmTransaction(db)(StatusUpdate("c4", str(uuid.uuid4())))
+
+
+def test_destination_refusal_fails_a_pending_transfer_once(db: Database) -> None:
+    RegisterTransaction(db)(request())
+    refusal = FailureReport("f1", "tx-1", "bank 002 has no account bob")
+    outcome = FailTransaction(db)(refusal)
+    assert outcome.transaction is not None
+    assert outcome.transaction.status is TransactionStatus.ERROR
+    assert outcome.rejected == "bank 002 has no account bob"
+    assert FailTransaction(db)(refusal).duplicate  # redelivered
+    assert FailTransaction(db)(FailureReport("f2", "tx-1", "again")).duplicate  # repeated
+    failures = [m for m in db.state.sent if m.type == FAILED]
+    assert [(m.bank_code, m.payload["reason"]) for m in failures] == [
+        ("001", "bank 002 has no account bob")
+    ]
+    with pytest.raises(TransactionNotFoundError):
+        FailTransaction(db)(FailureReport("f3", "tx-unknown", "no account"))
+
+
+def test_destination_cannot_refuse_after_confirming(db: Database) -> None:
+    RegisterTransaction(db)(request())
+    ConfirmTransaction(db)(StatusUpdate("c1", "tx-1"))
+    with pytest.raises(IllegalTransitionError):  # it credited: refunding too would make money
+        FailTransaction(db)(FailureReport("f1", "tx-1", "changed its mind"))
+    assert db.state.transactions["tx-1"].status is TransactionStatus.CONFIRMED

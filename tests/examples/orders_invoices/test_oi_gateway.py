@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
@@ -9,6 +10,8 @@ import httpx
 import pytest
 from examples.orders_invoices.demo import post_order
 from examples.orders_invoices.embedded import EmbeddedSystem
+
+from resilience.idempotency import authorization_principal
 
 ORDER = {
     "customer": "ana@shop.example",
@@ -87,7 +90,7 @@ def test_a_retried_post_replays_the_first_order(
     headers = key()
     first = gateway.post("/orders", json=ORDER, headers=headers)
     assert first.status_code == 201, first.text
-    # (a retry racing the recording of the first answer gets 409: post_order waits it out)
+    # (a retry that arrives while the first request still runs gets 409: post_order waits it out)
     again = [post_order(gateway, ORDER, headers) for _ in range(3)]
     assert {r.json()["id"] for r in again} == {first.json()["id"]}
     assert all(r.status_code == 201 for r in again)
@@ -100,6 +103,34 @@ def test_a_retried_post_replays_the_first_order(
     assert system.orders.counts() == {"confirmed": 2}
     assert len(system.stripe.active_charges()) == 2
     assert system.invariants() == []
+
+
+def test_orders_answers_a_repeat_of_the_gateways_key_with_the_order_it_has(
+    system: EmbeddedSystem, gateway: httpx.Client
+) -> None:
+    """The gateway timed out on an order that Orders did create, and the client retried.
+
+    The gateway stored no answer (a 503), so the retry reaches Orders again, with
+    the key the gateway derives from the client's key and principal.
+    """
+    headers = key()
+    first = gateway.post("/orders", json=ORDER, headers=headers)
+    assert first.status_code == 201, first.text
+    principal = authorization_principal({"type": "http", "headers": []})
+    upstream = hashlib.sha256(f"{principal}\n{headers['Idempotency-Key']}".encode()).hexdigest()
+    with httpx.Client(base_url=system.orders.url, timeout=10) as orders:
+        retried = orders.post("/orders", json=ORDER, headers={"Idempotency-Key": upstream})
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["id"] == first.json()["id"]
+        changed = orders.post(
+            "/orders", json={**ORDER, "zip": "20040-020"}, headers={"Idempotency-Key": upstream}
+        )
+        assert_problem(changed, 422)
+        without_key = orders.post("/orders", json=ORDER)  # direct callers may go without
+        assert without_key.status_code == 201
+    assert system.wait_until(system.settled, 15)
+    assert system.orders.counts() == {"confirmed": 2}
+    assert len(system.stripe.active_charges()) == 2
 
 
 def test_bff_degrades_to_a_partial_response_when_invoices_is_down(

@@ -12,6 +12,14 @@ from examples.orders_invoices.embedded import EmbeddedSystem
 from examples.orders_invoices import demo
 
 ROOT = Path(__file__).resolve().parents[3]
+DOC = ROOT / "docs" / "examples" / "orders-invoices.md"
+
+
+def _report_labels(text: str) -> list[str]:
+    """The first column of the demo's report: what each line counts."""
+    block = text.split("=== report ===\n", 1)[1]
+    block = re.split(r"\n\s*\n|\n```", block, maxsplit=1)[0]
+    return [re.split(r"\s{2,}", line.strip(), maxsplit=1)[0] for line in block.splitlines()]
 
 
 def test_chaos_scenario_keeps_every_invariant(system: EmbeddedSystem) -> None:
@@ -57,6 +65,8 @@ def test_demo_command_traces_one_order_and_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "=== report ===" in result.stdout
+    # The sample report on the docs page has the lines this demo prints, in order.
+    assert _report_labels(DOC.read_text()) == _report_labels(result.stdout)
     assert "all invariants hold" in result.stdout
     assert "3 crashes after charging" in result.stdout
     # One order, one trace: from the gateway's request to the email consumer.

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from examples.codepix.application import (
+    DeactivatePixKey,
     FindPixKey,
     OpenAccount,
     RegisterPixKey,
@@ -98,6 +99,7 @@ class PixServicer(codepix_pb2_grpc.PixServiceServicer):
         self._register = RegisterPixKey(uow)
         self._find = FindPixKey(uow)
         self._open = OpenAccount(uow)
+        self._deactivate = DeactivatePixKey(uow)
 
     @contextmanager
     def _call(self, context: grpc.ServicerContext) -> Iterator[None]:
@@ -134,6 +136,13 @@ class PixServicer(codepix_pb2_grpc.PixServiceServicer):
                 owner_name=request.owner_name,
             )
             return _account_proto(account)
+        raise AssertionError("unreachable")  # pragma: no cover - _call aborts
+
+    def DeactivatePixKey(
+        self, request: codepix_pb2.DeactivatePixKeyRequest, context: grpc.ServicerContext
+    ) -> codepix_pb2.PixKeyInfo:
+        with self._call(context):
+            return _to_proto(self._deactivate(request.kind, request.key))
         raise AssertionError("unreachable")  # pragma: no cover - _call aborts
 
 

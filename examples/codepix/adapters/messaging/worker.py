@@ -25,11 +25,14 @@ from examples.codepix.application import (
     COMPLETED,
     CONFIRMATIONS_TOPIC,
     CONFIRMED,
+    FAILED,
     PERMANENT_ERRORS,
     REQUESTED,
     TRANSACTIONS_TOPIC,
     CompleteTransaction,
     ConfirmTransaction,
+    FailTransaction,
+    FailureReport,
     MalformedMessageError,
     RegisterTransaction,
     StatusUpdate,
@@ -59,6 +62,7 @@ class MessageHandler:
         self._register = RegisterTransaction(uow)
         self._confirm = ConfirmTransaction(uow)
         self._complete = CompleteTransaction(uow)
+        self._fail = FailTransaction(uow)
 
     def __call__(self, message: Message) -> TransferOutcome:
         if message.type == REQUESTED:
@@ -67,6 +71,8 @@ class MessageHandler:
             return self._confirm(StatusUpdate.from_payload(message.id, message.payload))
         if message.type == COMPLETED:
             return self._complete(StatusUpdate.from_payload(message.id, message.payload))
+        if message.type == FAILED:
+            return self._fail(FailureReport.from_payload(message.id, message.payload))
         raise MalformedMessageError(f"CodePix does not handle messages of type {message.type!r}")
 
 

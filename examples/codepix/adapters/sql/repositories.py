@@ -16,6 +16,7 @@ from examples.codepix.domain import (
     PixKey,
     PixKeyAlreadyExistsError,
     PixKeyKind,
+    PixKeyNotFoundError,
     PixKeyStatus,
     Transaction,
     TransactionNotFoundError,
@@ -142,6 +143,16 @@ class SqlPixKeys:
             ),
             PixKeyAlreadyExistsError(f"{pix_key.kind} key {pix_key.key!r} is already registered"),
         )
+
+    def save(self, pix_key: PixKey) -> None:
+        k = tables.pix_keys
+        result = self._session.execute(
+            k.update()
+            .where(k.c.kind == str(pix_key.kind), k.c.key == pix_key.key)
+            .values(status=str(pix_key.status))
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult at runtime
+            raise PixKeyNotFoundError(f"no {pix_key.kind} key {pix_key.key!r} to update")
 
 
 class SqlTransactions:

@@ -19,6 +19,7 @@ from examples.codepix.application import (
     COMPLETED,
     CONFIRMATIONS_TOPIC,
     CONFIRMED,
+    FAILED,
     REQUESTED,
     TRANSACTIONS_TOPIC,
     InboxPort,
@@ -107,10 +108,11 @@ TO_CODEPIX: Final = TopicRouter(
         REQUESTED: TRANSACTIONS_TOPIC,
         CONFIRMED: CONFIRMATIONS_TOPIC,
         COMPLETED: CONFIRMATIONS_TOPIC,
+        FAILED: CONFIRMATIONS_TOPIC,
     }
 )
-"""A bank writes transfer requests to ``transactions`` and status reports to
-``transaction_confirmation``, by message type."""
+"""A bank writes transfer requests to ``transactions`` and status reports (a refusal
+included) to ``transaction_confirmation``, by message type."""
 
 OUTBOX: Final = Outbox(outbox_rows, router=TO_CODEPIX)
 INBOX: Final = Inbox(inbox_rows)

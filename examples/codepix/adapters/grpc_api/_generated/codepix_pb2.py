@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n;examples/codepix/adapters/grpc_api/_generated/codepix.proto\x12\ncodepix.v1\"F\n\x15RegisterPixKeyRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\".\n\x11\x46indPixKeyRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"_\n\x12OpenAccountRequest\x12\x11\n\tbank_code\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12\x12\n\nowner_name\x18\x04 \x01(\t\"\"\n\x04\x42\x61nk\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12\x1e\n\x04\x62\x61nk\x18\x04 \x01(\x0b\x32\x10.codepix.v1.Bank\"]\n\nPixKeyInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12$\n\x07\x61\x63\x63ount\x18\x04 \x01(\x0b\x32\x13.codepix.v1.Account2\xdc\x01\n\nPixService\x12K\n\x0eRegisterPixKey\x12!.codepix.v1.RegisterPixKeyRequest\x1a\x16.codepix.v1.PixKeyInfo\x12=\n\x04\x46ind\x12\x1d.codepix.v1.FindPixKeyRequest\x1a\x16.codepix.v1.PixKeyInfo\x12\x42\n\x0bOpenAccount\x12\x1e.codepix.v1.OpenAccountRequest\x1a\x13.codepix.v1.Accountb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n;examples/codepix/adapters/grpc_api/_generated/codepix.proto\x12\ncodepix.v1\"F\n\x15RegisterPixKeyRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\".\n\x11\x46indPixKeyRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"4\n\x17\x44\x65\x61\x63tivatePixKeyRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"_\n\x12OpenAccountRequest\x12\x11\n\tbank_code\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12\x12\n\nowner_name\x18\x04 \x01(\t\"\"\n\x04\x42\x61nk\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12\x1e\n\x04\x62\x61nk\x18\x04 \x01(\x0b\x32\x10.codepix.v1.Bank\"]\n\nPixKeyInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12$\n\x07\x61\x63\x63ount\x18\x04 \x01(\x0b\x32\x13.codepix.v1.Account2\xad\x02\n\nPixService\x12K\n\x0eRegisterPixKey\x12!.codepix.v1.RegisterPixKeyRequest\x1a\x16.codepix.v1.PixKeyInfo\x12=\n\x04\x46ind\x12\x1d.codepix.v1.FindPixKeyRequest\x1a\x16.codepix.v1.PixKeyInfo\x12\x42\n\x0bOpenAccount\x12\x1e.codepix.v1.OpenAccountRequest\x1a\x13.codepix.v1.Account\x12O\n\x10\x44\x65\x61\x63tivatePixKey\x12#.codepix.v1.DeactivatePixKeyRequest\x1a\x16.codepix.v1.PixKeyInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERPIXKEYREQUEST']._serialized_end=145
   _globals['_FINDPIXKEYREQUEST']._serialized_start=147
   _globals['_FINDPIXKEYREQUEST']._serialized_end=193
-  _globals['_OPENACCOUNTREQUEST']._serialized_start=195
-  _globals['_OPENACCOUNTREQUEST']._serialized_end=290
-  _globals['_BANK']._serialized_start=292
-  _globals['_BANK']._serialized_end=326
-  _globals['_ACCOUNT']._serialized_start=328
-  _globals['_ACCOUNT']._serialized_end=417
-  _globals['_PIXKEYINFO']._serialized_start=419
-  _globals['_PIXKEYINFO']._serialized_end=512
-  _globals['_PIXSERVICE']._serialized_start=515
-  _globals['_PIXSERVICE']._serialized_end=735
+  _globals['_DEACTIVATEPIXKEYREQUEST']._serialized_start=195
+  _globals['_DEACTIVATEPIXKEYREQUEST']._serialized_end=247
+  _globals['_OPENACCOUNTREQUEST']._serialized_start=249
+  _globals['_OPENACCOUNTREQUEST']._serialized_end=344
+  _globals['_BANK']._serialized_start=346
+  _globals['_BANK']._serialized_end=380
+  _globals['_ACCOUNT']._serialized_start=382
+  _globals['_ACCOUNT']._serialized_end=471
+  _globals['_PIXKEYINFO']._serialized_start=473
+  _globals['_PIXKEYINFO']._serialized_end=566
+  _globals['_PIXSERVICE']._serialized_start=569
+  _globals['_PIXSERVICE']._serialized_end=870
 # @@protoc_insertion_point(module_scope)

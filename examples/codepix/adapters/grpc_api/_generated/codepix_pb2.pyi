@@ -23,6 +23,14 @@ class FindPixKeyRequest(_message.Message):
     key: str
     def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
+class DeactivatePixKeyRequest(_message.Message):
+    __slots__ = ("kind", "key")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
 class OpenAccountRequest(_message.Message):
     __slots__ = ("bank_code", "account_id", "number", "owner_name")
     BANK_CODE_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class PixServiceStub:
                 request_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.OpenAccountRequest.SerializeToString,
                 response_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.Account.FromString,
                 _registered_method=True)
+        self.DeactivatePixKey = channel.unary_unary(
+                '/codepix.v1.PixService/DeactivatePixKey',
+                request_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.DeactivatePixKeyRequest.SerializeToString,
+                response_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.PixKeyInfo.FromString,
+                _registered_method=True)
 
 
 class PixServiceServicer:
@@ -77,6 +82,15 @@ class PixServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeactivatePixKey(self, request, context):
+        """Stop a key receiving transfers; it is kept (inactive) for the audit trail. NOT_FOUND if
+        nobody owns it, FAILED_PRECONDITION if it is inactive already, INVALID_ARGUMENT for a
+        malformed key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PixServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_PixServiceServicer_to_server(servicer, server):
                     servicer.OpenAccount,
                     request_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.OpenAccountRequest.FromString,
                     response_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.Account.SerializeToString,
+            ),
+            'DeactivatePixKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeactivatePixKey,
+                    request_deserializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.DeactivatePixKeyRequest.FromString,
+                    response_serializer=examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.PixKeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +196,33 @@ class PixService:
             '/codepix.v1.PixService/OpenAccount',
             examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.OpenAccountRequest.SerializeToString,
             examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeactivatePixKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/codepix.v1.PixService/DeactivatePixKey',
+            examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.DeactivatePixKeyRequest.SerializeToString,
+            examples_dot_codepix_dot_adapters_dot_grpc__api_dot___generated_dot_codepix__pb2.PixKeyInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,7 +55,7 @@ def test_demo_exits_one_when_an_invariant_breaks(
         return system.invariants()
 
     monkeypatch.setattr(demo, "run", scenario_that_loses_an_email)
-    assert demo.main() == 1
+    assert demo.main(trace=False) == 1  # no traced order: the stray email is the only one
     out = capsys.readouterr().out
     assert "INVARIANTS BROKEN" in out
     assert "1 emails for 0 invoices" in out

@@ -124,7 +124,18 @@ def test_send_a_pix_in_the_browser_and_watch_both_balances(
 
     wait_until(completed, timeout=20)
     assert "-12.34" in page.inner_text("#statement")
+    header = page.eval_on_selector("header", "e => getComputedStyle(e).backgroundColor")
+    assert header == "rgb(11, 61, 145)"  # BBX's #0b3d91
     save(page, tmp_path, "codepix-bbx-account.png")
+
+    # BBX's account list: Ann, with her balance after the transfer, linking to her page
+    page.goto(urls["001"])
+    rows = page.inner_text("#accounts tbody")
+    assert "Ann" in rows
+    assert "R$ 237.66" in rows
+    save(page, tmp_path, "codepix-bbx-accounts.png")
+    page.click("#accounts a:text('Ann')")
+    assert page.inner_text("#balance") == "R$ 237.66"
 
     # CTD: Bob sees the money, on a page in CTD's colours
     page.goto(f"{urls['002']}/accounts/{bob.id}")

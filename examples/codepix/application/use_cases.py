@@ -39,7 +39,7 @@ from .messages import (
     TransferRequest,
     transfer_payload,
 )
-from .ports import OutgoingMessage, UnitOfWorkFactory
+from .ports import OutgoingMessage, UnitOfWork, UnitOfWorkFactory
 
 TRANSACTIONS_CONSUMER: Final = "codepix.transactions"
 CONFIRMATIONS_CONSUMER: Final = "codepix.transaction_confirmation"
@@ -189,14 +189,7 @@ class RegisterTransaction:
                 )
             except CodePixError as exc:
                 reason = str(exc)
-                uow.messages.emit(
-                    OutgoingMessage(
-                        bank_code=origin.bank.code,
-                        type=FAILED,
-                        key=request.id,
-                        payload=FailedPayload(id=request.id, status="error", reason=reason),
-                    )
-                )
+                _tell_origin_it_failed(uow, origin.bank.code, request.id, reason)
                 uow.commit()
                 return TransferOutcome(rejected=reason)
             uow.transactions.add(transaction)
@@ -304,18 +297,25 @@ class FailTransaction:
                 )
             failed = current.fail(report.reason)
             uow.transactions.save(failed)
-            uow.messages.emit(
-                OutgoingMessage(
-                    bank_code=failed.account_from.bank.code,
-                    type=FAILED,
-                    key=failed.id,
-                    payload=FailedPayload(
-                        id=failed.id, status=str(failed.status), reason=failed.error_reason or ""
-                    ),
-                )
+            _tell_origin_it_failed(
+                uow, failed.account_from.bank.code, failed.id, failed.error_reason or ""
             )
             uow.commit()
         return TransferOutcome(transaction=failed, rejected=failed.error_reason)
+
+
+def _tell_origin_it_failed(
+    uow: UnitOfWork, bank_code: str, transaction_id: str, reason: str
+) -> None:
+    """Queue ``transaction.failed`` for the origin bank, which refunds on it (same commit)."""
+    uow.messages.emit(
+        OutgoingMessage(
+            bank_code=bank_code,
+            type=FAILED,
+            key=transaction_id,
+            payload=FailedPayload(id=transaction_id, status="error", reason=reason),
+        )
+    )
 
 
 PERMANENT_ERRORS: Final[tuple[type[Exception], ...]] = (

@@ -21,6 +21,7 @@ from typing import Any
 from ._harness import Case, Context, Group, Target
 
 BATCH = 500
+_OCCURRED = "2026-12-07T08:00:00.000000+00:00"
 
 
 def _payload(i: int) -> bytes:
@@ -49,7 +50,14 @@ def _topic(ctx: Context, stem: str) -> str:
     return ctx.kafka().create_topic(f"bench-{stem}-{uuid.uuid4().hex[:8]}", partitions=3)
 
 
-def _naive_relay(ctx: Context, per_round: int, rounds: int) -> Any:
+def _naive_relay(ctx: Context, per_round: int, rounds: int, *, cloudevents: bool = False) -> Any:
+    """The issue's naive relay; with *cloudevents*, the same records on the wire as ours.
+
+    Without it, a record is key and payload only: a consumer cannot deduplicate
+    (no message id) nor dispatch on type. With it, each row also keeps its id,
+    type and time, and each record carries the six CloudEvents headers that
+    `KafkaPublisher` writes, so only ordering and bookkeeping differ from ours.
+    """
     import psycopg
     from confluent_kafka import Producer
 
@@ -57,32 +65,52 @@ def _naive_relay(ctx: Context, per_round: int, rounds: int) -> Any:
     table = f"naive_outbox_{uuid.uuid4().hex[:8]}"
     conn = psycopg.connect(dsn)
     conn.execute(
-        f"CREATE TABLE {table} (id bigserial PRIMARY KEY, key text, payload bytea NOT NULL)"
+        f"CREATE TABLE {table} (id bigserial PRIMARY KEY, key text, payload bytea NOT NULL,"
+        " message_id text, type text, occurred_at text)"
     )
     with conn.cursor() as cur:
         cur.executemany(
-            f"INSERT INTO {table} (key, payload) VALUES (%s, %s)",
-            [(f"order-{i}", _payload(i)) for i in range(per_round * rounds)],
+            f"INSERT INTO {table} (key, payload, message_id, type, occurred_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            [
+                (f"order-{i}", _payload(i), str(uuid.uuid4()), "order.created", _OCCURRED)
+                for i in range(per_round * rounds)
+            ],
         )
     conn.commit()
     conn.execute(f"ANALYZE {table}")
     conn.commit()
     producer = Producer(_producer_config(ctx))
     topic = _topic(ctx, "naive")
+    columns = (
+        "id, key, payload, message_id, type, occurred_at" if cloudevents else "id, key, payload"
+    )
+    constant = [("ce_source", b"bench"), ("content-type", b"application/json")]
 
     def drain() -> int:
         done = 0
         while done < per_round:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
-                    f"SELECT id, key, payload FROM {table} ORDER BY id "
+                    f"SELECT {columns} FROM {table} ORDER BY id "
                     f"LIMIT {min(BATCH, per_round - done)} FOR UPDATE SKIP LOCKED"
                 )
                 rows = cur.fetchall()
                 if not rows:
                     break
-                for _, key, payload in rows:
-                    producer.produce(topic, value=payload, key=key)
+                if cloudevents:
+                    for _, key, payload, message_id, type_, occurred in rows:
+                        headers = [
+                            ("ce_specversion", b"1.0"),
+                            ("ce_id", message_id.encode()),
+                            ("ce_type", type_.encode()),
+                            ("ce_time", occurred.encode()),
+                            *constant,
+                        ]
+                        producer.produce(topic, value=payload, key=key, headers=headers)
+                else:
+                    for _, key, payload in rows:
+                        producer.produce(topic, value=payload, key=key)
                 producer.flush()
                 cur.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", ([r[0] for r in rows],))
             done += len(rows)
@@ -285,6 +313,13 @@ def groups(ctx: Context) -> list[Group]:
                     note="SKIP LOCKED LIMIT 500 → produce → flush → DELETE; no ordering, no bookkeeping",
                 ),
                 Case(
+                    "naive relay, CloudEvents headers",
+                    setup=lambda: _naive_relay(ctx, per_round, rounds, cloudevents=True),
+                    kind="batch",
+                    requires=kafka,
+                    note="the same, sending the records ours sends: id, type, time and source headers",
+                ),
+                Case(
                     "raw confluent-kafka produce (no database)",
                     setup=lambda: _raw_produce(ctx, per_round),
                     kind="batch",
@@ -312,7 +347,10 @@ def groups(ctx: Context) -> list[Group]:
                     requires=kafka,
                 ),
             ],
-            targets=[Target("resilience Relay", 1.25)],
+            targets=[
+                Target("resilience Relay", 1.25),
+                Target("resilience Relay", 1.25, against="naive relay, CloudEvents headers"),
+            ],
             rounds=rounds,
             quick_rounds=1,
         ),

@@ -66,14 +66,30 @@ def install(
     )
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    processors: list[Any] = []
     if exporter == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
     elif exporter == "otlp":
-        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+        processors.append(BatchSpanProcessor(_otlp_exporter()))
     memory = InMemorySpanExporter()
     if keep_in_memory:
-        provider.add_span_processor(SimpleSpanProcessor(memory))
+        processors.append(SimpleSpanProcessor(memory))
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        # OpenTelemetry lets a process set its global provider once; a later set is
+        # ignored. Join the one in place (a host app's, or an earlier run's in the
+        # same process) so that these spans are still exported and kept.
+        for processor in processors:
+            current.add_span_processor(processor)
+
+        def detach() -> None:
+            for processor in processors:
+                processor.shutdown()
+
+        return detach, memory.get_finished_spans
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    for processor in processors:
+        provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider.shutdown, memory.get_finished_spans
 

@@ -148,7 +148,7 @@ def _json_float(value: float) -> str:
 # Exact types only: subclasses (IntEnum, str subclasses…) take the encoder's path.
 _SCALARS: dict[type, Callable[[Any], str]] = {
     str: _quote,
-    int: int.__repr__,
+    int: repr,  # the builtin: half the cost of calling the slot wrapper int.__repr__
     bool: _json_bool,
     type(None): _json_null,
     float: _json_float,

@@ -8,6 +8,7 @@ command itself, as a user would.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -268,6 +269,25 @@ def p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+def summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "requests": len(samples),
+        "p50_ms": round(sorted(samples)[len(samples) // 2] * 1000, 1),
+        "p99_ms": round(p99(samples) * 1000, 1),
+        "max_ms": round(max(samples) * 1000, 1),
+    }
+
+
+def keep_measurement(name: str, record: dict[str, Any]) -> None:
+    """Save *record* under ``$RESILIENCE_ARTIFACTS`` (CI sets it): the run's numbers
+    stay next to its log, for the docs' table to be checked against."""
+    artifacts = os.environ.get("RESILIENCE_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        stamped = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+        (Path(artifacts) / name).write_text(json.dumps(stamped, indent=2) + "\n")
+
+
 def measure_get_order(
     deployed: Deployment, order_id: str, seconds: float, sources: list[str]
 ) -> list[float]:
@@ -333,6 +353,14 @@ def test_correios_dead_breaker_opens_and_get_order_stays_fast(deployed: Deployme
         f"\nGET /orders/{{id}} p99 while Correios is dead ({dead:.0f} s per call) and 24 clients "
         f"use the BFF: with policies {fast * 1000:.0f} ms ({len(with_policies)} requests), "
         f"without {slow * 1000:.0f} ms ({len(without_policies)} requests)"
+    )
+    keep_measurement(
+        "orders_invoices_get_order_p99.json",
+        {
+            "correios_dead_seconds": dead,
+            "with_policies": summary(with_policies),
+            "without_policies": summary(without_policies),
+        },
     )
     assert fast < dead / 4  # the breaker and the fallback keep the gateway's workers free
     assert slow > dead / 2  # without them, its workers wait on Correios and so does everyone

@@ -35,9 +35,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(exporter: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _child(exporter: str, *, source: str = CHILD, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", CHILD, exporter],
+        [sys.executable, "-c", source, exporter],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
@@ -119,3 +119,30 @@ def test_otlp_posts_the_spans_to_the_collector(
     assert service["service.name"] == "orders-invoices-orders"
     names = [span.name for scope in resource_spans.scope_spans for span in scope.spans]
     assert names == ["order.created publish"]
+
+
+# A host process that set its own global provider first, then runs the demo twice.
+HOSTED = textwrap.dedent(
+    """
+    import sys
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from examples.orders_invoices import _tracing
+
+    host = TracerProvider()
+    trace.set_tracer_provider(host)
+    for run in ("first", "second"):
+        shutdown, finished = _tracing.install(sys.argv[1], "orders-invoices-demo", keep_in_memory=True)
+        with trace.get_tracer("test").start_as_current_span(f"{run} order"):
+            pass
+        print(run, [span.name for span in finished()])
+        shutdown()
+    print("host kept", trace.get_tracer_provider() is host)
+    """
+)
+
+
+def test_a_provider_already_in_place_is_joined_not_replaced() -> None:
+    out = _child("none", source=HOSTED).stdout.splitlines()
+    # Each run sees its own spans (before, a second provider was ignored: no spans).
+    assert out == ["first ['first order']", "second ['second order']", "host kept True"]

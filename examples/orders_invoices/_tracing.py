@@ -40,7 +40,8 @@ def sdk_installed() -> bool:
 def install(
     exporter: str, service_name: str, *, keep_in_memory: bool = False
 ) -> tuple[Callable[[], None], Callable[[], Sequence[Any]]]:
-    """Install a global tracer provider exporting to *exporter*.
+    """Install a global tracer provider exporting to *exporter*, or join the SDK
+    provider already installed (then its resource, not *service_name*, names the spans).
 
     Returns ``(shutdown, finished_spans)``: call ``shutdown`` before the process
     exits so batched spans are flushed; ``finished_spans`` lists the spans

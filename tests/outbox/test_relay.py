@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import pytest
 import sqlalchemy as sa
@@ -651,3 +652,66 @@ def test_an_overlapped_drain_keeps_key_order_across_batches_and_stops_at_a_failu
         time.sleep(0.02)
     assert len(publisher.published) == keys * per_key, "each event acknowledged exactly once"
     _assert_per_key_order(publisher.published, per_key)
+
+
+def test_an_overlapped_drain_comes_back_for_a_row_committed_late_below_its_batches(
+    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table]
+) -> None:
+    """Claims after an exact one start past the batch in flight; a row that commits
+    late with an earlier position shows up in the next count, and the claim after
+    that starts from the beginning again, within the same drain."""
+    outbox = pg_tables[0]
+    late = Message("e", {"seq": -1}, key="late")
+    writer = pg_engine.connect()
+    txn = writer.begin()
+    outbox.add(writer, late)  # takes the lowest position, commits last
+    with pg_engine.begin() as conn:
+        outbox.add_many(conn, [Message("e", {"seq": i}, key=f"k{i % 8}") for i in range(40)])
+
+    class CommitsTheLateRow(RecordingPublisher):
+        def publish(self, messages: Sequence[Message], /) -> None:
+            if txn.is_active:
+                txn.commit()
+            super().publish(messages)
+
+    publisher = CommitsTheLateRow()
+    relay = make_relay(pg_engine, outbox, publisher, batch_size=10, listen=False)
+    floors: list[int] = []
+    fetch = relay._fetch
+
+    def spy(conn: sa.Connection, statement: object, params: dict[str, object]) -> object:
+        floor = params.get("floor")
+        if isinstance(floor, int) and floor > 0:
+            floors.append(floor)
+        return fetch(conn, statement, params)
+
+    relay._fetch = spy  # type: ignore[method-assign]
+    try:
+        result = relay.drain()
+    finally:
+        writer.close()
+    assert floors, "some claim started past the batch in flight"
+    assert result.published == 41
+    assert sorted(m.payload["seq"] for m in publisher.published) == list(range(-1, 40))
+    assert relay.lag().pending == 0
+
+
+def test_an_overlapped_drain_in_mark_mode_marks_every_row_once(
+    pg_engine: sa.Engine, pg_tables: tuple[Outbox, Inbox, sa.Table]
+) -> None:
+    """Batches recorded in the round trip that opens the next claim's transaction."""
+    outbox = pg_tables[0]
+    with pg_engine.begin() as conn:
+        outbox.add_many(
+            conn, [Message("e", {"seq": s}, key=f"k{k}") for s in range(12) for k in range(4)]
+        )
+    publisher = RecordingPublisher()
+    relay = make_relay(pg_engine, outbox, publisher, batch_size=10, listen=False, on_sent="mark")
+    while relay.lag().pending:
+        relay.drain()
+    t = outbox.table
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.sent_at, t.c.attempts)).all()
+    assert len(rows) == 48
+    assert all(sent is not None and attempts == 1 for sent, attempts in rows)
+    _assert_per_key_order(publisher.published, 12)

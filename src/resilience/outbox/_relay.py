@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
@@ -56,6 +56,8 @@ _SKIP_LOCKED_DIALECTS: Final = frozenset({"postgresql", *MYSQL_DIALECTS})
 _PG_ISO_UTC: Final = '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\''
 # Errors a publisher may raise that are the transport's fault, not the messages'.
 _TRANSPORT_ERRORS: Final = (BrokerUnavailableError, ConnectionError, TimeoutError)
+# The floor of a claim that may see every position (the smallest BIGINT).
+_NO_FLOOR: Final = -(2**63)
 
 
 def _utcnow() -> dt.datetime:
@@ -132,6 +134,9 @@ class _Claim:
     conn: sa.Connection
     txn: sa.RootTransaction
     rows: list[_Row]
+    # Every unsent row up to the last claimed one was in this batch or the one in
+    # flight when it was claimed: the next claim may start after it (see `_claim_rows`).
+    exact: bool = False
 
     def close(self, *, commit: bool) -> None:
         try:
@@ -142,6 +147,14 @@ class _Claim:
                     self.txn.rollback()
         finally:
             self.conn.close()
+
+
+class _Published(NamedTuple):
+    """A batch the broker has answered for, not yet recorded."""
+
+    claim: _Claim
+    outcome: _Outcome
+    waiting: int
 
 
 class _PgStatement:
@@ -160,15 +173,41 @@ class _PgStatement:
         self._params: dict[str, Any] = dict(compiled.params)  # LIMIT values and the like
 
     def fetch(self, conn: sa.Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        raw: Any = conn.connection.dbapi_connection
-        try:
-            with raw.cursor(binary=True) as cursor:
-                cursor.execute(self._sql, {**self._params, **params})
-                return cast("list[tuple[Any, ...]]", cursor.fetchall())
-        except Exception:
-            if raw.closed or raw.broken:
-                conn.invalidate()  # what SQLAlchemy does when it runs a statement itself
-            raise
+        with _driver_connection(conn) as raw, raw.cursor(binary=True) as cursor:
+            cursor.execute(self._sql, {**self._params, **params})
+            return cast("list[tuple[Any, ...]]", cursor.fetchall())
+
+
+class _PgRollover(_PgStatement):
+    """Record a delivered batch, commit, and open the next transaction: one round trip.
+
+    Client-side binding (psycopg's ``ClientCursor``) is what lets one
+    ``execute`` carry several statements; the parameters are the relay's own
+    (a text array of positions, a timestamp), never user input.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        super().__init__(statement, dialect)
+        self._sql += "; COMMIT; BEGIN"
+
+    def run(self, conn: sa.Connection, params: dict[str, Any]) -> None:
+        psycopg = require("psycopg", "postgres")
+        with _driver_connection(conn) as raw, psycopg.ClientCursor(raw) as cursor:
+            cursor.execute(self._sql, {**self._params, **params})
+
+
+@contextlib.contextmanager
+def _driver_connection(conn: sa.Connection) -> Iterator[Any]:
+    """The psycopg connection under *conn*; invalidated, as SQLAlchemy would, if it broke."""
+    raw: Any = conn.connection.dbapi_connection
+    try:
+        yield raw
+    except Exception:
+        if raw.closed or raw.broken:
+            conn.invalidate()
+        raise
 
 
 def _iso_utc(value: dt.datetime) -> str:
@@ -305,7 +344,13 @@ class Relay:
         self._overlap = mode == "skip_locked" and dialect == "postgresql"
         self._claim_query = self._build_claim_query()
         self._heads_query = self._build_claim_query(heads_only=True)
-        self._unsent_query = self._build_unsent_query()
+        self._unsent_query = sql.select(
+            self._build_unsent_count(sql.bindparam("top", type_=sql.BigInteger()))
+        )
+        # PostgreSQL: the claim and its count in one statement.
+        self._counted_query = (
+            self._build_counted(self._claim_query) if dialect == "postgresql" else None
+        )
         self._prev_query = self._build_prev_query()
         self._done_statement = self._build_done_statement()
         # PostgreSQL: the claim runs on the driver's binary cursor (rows as plain
@@ -313,10 +358,13 @@ class Relay:
         self._pg_statements = (
             {
                 q: _PgStatement(q, engine.dialect)
-                for q in (self._claim_query, self._heads_query, self._unsent_query)
+                for q in (self._counted_query, self._heads_query, self._unsent_query)
             }
             if dialect == "postgresql"
             else None
+        )
+        self._pg_rollover = (
+            _PgRollover(self._done_statement, engine.dialect) if self._overlap else None
         )
 
     @property
@@ -398,6 +446,15 @@ class Relay:
         whose key's previous row is in N has that row as ``prev``, so it waits,
         and is released only once the broker acknowledged that row. A crash
         loses nothing: a row is deleted (or marked) only after its acknowledgement.
+
+        When N's claim was exact (every unsent row up to N's last position was in
+        N or in the batch before it), N+1's claim starts after N's last position:
+        SKIP LOCKED then has no locked rows of N to step over, which halves the
+        claim's cost. Rows it passes over (committed late below that position,
+        left waiting by N-1, held by another relay) are unsent and below N+1's
+        last position, so N+1's count is not exact and N+2's claim starts from
+        the beginning again: a row is passed over by one claim at most. Ordering
+        does not depend on the floor: `prev` is computed over the whole table.
         """
         claim = self._open_claim()
         if claim is None:
@@ -405,8 +462,10 @@ class Relay:
         batches: list[BatchResult] = []
         claimed = 0
         helper: ThreadPoolExecutor | None = None
-        upcoming: Future[_Claim | None] | None = None
-        settling: tuple[Future[list[_Row]], _Claim, _Outcome, int] | None = None
+        upcoming: Future[tuple[list[_Row], _Claim | None]] | None = None
+        # Published and not yet settled: its connection claims the batch after next.
+        pending: _Published | None = None
+        current: _Claim | None = None  # being published, or published and not yet handed on
         try:
             while claim is not None:
                 claimed += len(claim.rows)
@@ -415,61 +474,79 @@ class Relay:
                     and not stop.is_set()
                     and (limit is None or claimed < limit)
                 )
-                if more:
+                previous, pending = pending, None
+                if more or previous is not None:
                     helper = helper or ThreadPoolExecutor(1, f"relay-{self.name}")
-                    upcoming = helper.submit(self._open_claim, claim.rows)
-                try:
-                    outcome, waiting = self._publish(claim.rows)
-                except BaseException:
-                    claim.close(commit=False)
-                    raise
-                current, claim = claim, None
-                if helper is None:  # a single batch: nothing to overlap with
-                    batches.append(
-                        self._finish(current.rows, outcome, self._settle(current, outcome), waiting)
+                    upcoming = helper.submit(
+                        self._settle_and_claim, previous, claim if more else None
                     )
-                    break
-                previous, settling = (
-                    settling,
-                    (helper.submit(self._settle, current, outcome), current, outcome, waiting),
-                )
+                current, claim = claim, None
+                outcome, waiting = self._publish(current.rows)
+                dead, following = upcoming.result() if upcoming else ([], None)
+                upcoming = None
                 if previous is not None:
-                    batches.append(self._settled(*previous))
-                following, upcoming = (upcoming.result() if upcoming else None), None
-                if following is not None:
-                    if _ends_drain(outcome):
-                        following.close(commit=False)
-                    else:
-                        following.rows = _released(following.rows, outcome.delivered)
-                        claim = following
-            if settling is not None:
-                batches.append(self._settled(*settling))
-                settling = None
+                    batches.append(
+                        self._finish(previous.claim.rows, previous.outcome, dead, previous.waiting)
+                    )
+                if following is not None and _ends_drain(outcome):
+                    following.close(commit=False)
+                    following = None
+                if following is None:
+                    settled, current = current, None
+                    batches.append(
+                        self._finish(settled.rows, outcome, self._settle(settled, outcome), waiting)
+                    )
+                else:
+                    following.rows = _released(following.rows, outcome.delivered)
+                    pending, current, claim = _Published(current, outcome, waiting), None, following
         finally:
             if helper is not None:
                 # Unwinding after an error: let the helper finish, release what it claimed.
                 with contextlib.suppress(BaseException):
-                    left = upcoming.result() if upcoming else None
+                    left = upcoming.result()[1] if upcoming else None
                     if left is not None:
                         left.close(commit=False)
-                with contextlib.suppress(BaseException):
-                    if settling is not None:
-                        settling[0].result()
                 helper.shutdown(wait=True)
+            # Published but not recorded: released unsent, so delivered again later.
+            for unsettled in (current, pending.claim if pending else None):
+                if unsettled is not None:
+                    with contextlib.suppress(BaseException):
+                        unsettled.close(commit=False)
         return batches
 
-    def _settled(
-        self, future: Future[list[_Row]], claim: _Claim, outcome: _Outcome, waiting: int
-    ) -> BatchResult:
-        return self._finish(claim.rows, outcome, future.result(), waiting)
+    def _settle_and_claim(
+        self, published: _Published | None, in_flight: _Claim | None
+    ) -> tuple[list[_Row], _Claim | None]:
+        """Settle *published* (if any) and claim the batch after *in_flight* (if any).
 
-    def _open_claim(self, in_flight: Sequence[_Row] = ()) -> _Claim | None:
+        On PostgreSQL, a fully delivered batch's connection goes on to claim the
+        next batch: ``DELETE; COMMIT; BEGIN`` is one round trip, and the claim
+        runs in the transaction it opened. A batch with failures settles as usual.
+        """
+        if published is None:
+            return [], self._open_claim(in_flight) if in_flight is not None else None
+        claim, outcome = published.claim, published.outcome
+        if in_flight is None or outcome.failed or self._pg_rollover is None:
+            dead = self._settle(claim, outcome)
+            return dead, self._open_claim(in_flight) if in_flight is not None else None
+        try:
+            self._pg_rollover.run(claim.conn, self._done_params(outcome))
+            rows, exact = self._claim(claim.conn, in_flight)
+        except BaseException:
+            claim.close(commit=False)
+            raise
+        if not rows:
+            claim.close(commit=False)
+            return [], None
+        return [], _Claim(claim.conn, claim.txn, rows, exact)
+
+    def _open_claim(self, in_flight: _Claim | None = None) -> _Claim | None:
         conn = self._engine.connect()
         try:
             if self._read_committed:
                 conn.execution_options(isolation_level="READ COMMITTED")
             txn = conn.begin()
-            rows = self._claim(conn, in_flight)
+            rows, exact = self._claim(conn, in_flight)
         except BaseException:
             conn.close()
             raise
@@ -477,12 +554,12 @@ class Relay:
             txn.rollback()
             conn.close()
             return None
-        return _Claim(conn, txn, rows)
+        return _Claim(conn, txn, rows, exact)
 
     def _run_once_leased(self) -> BatchResult:
         with self._engine.begin() as conn:
             held = self._acquire_lease(conn)
-            rows = self._claim(conn) if held else []
+            rows = self._claim(conn)[0] if held else []
         self._note_lease(held)
         if not held:
             return BatchResult(lease_held=False)
@@ -551,6 +628,9 @@ class Relay:
             .order_by(t.c.position)
             .limit(self.options.batch_size)
         )
+        if self._overlap:
+            # Overlapped claims start after the batch in flight (see `_drain_overlapped`).
+            query = query.where(t.c.position > sql.bindparam("floor", type_=sql.BigInteger()))
         if heads_only:
             # Only rows with no earlier unsent row of their key: candidates that are
             # likely publishable (their `prev` is still computed as for any row).
@@ -573,14 +653,13 @@ class Relay:
             conditions.append(earlier.c.dead_at.is_(None))
         return conditions
 
-    def _build_unsent_query(self) -> Any:
-        """How many rows up to position ``top`` must be acknowledged before later rows
+    def _build_unsent_count(self, top: Any) -> Any:
+        """How many rows up to position *top* must be acknowledged before later rows
         of their key, counted up to ``cap``: when that is just the rows we hold,
         `prev` is found among them. Bounded by ``LIMIT`` so that it stays one short
         index range whatever the table statistics say."""
         sql = require("sqlalchemy", "sql")
         t = self._outbox.table
-        top = sql.bindparam("top", type_=sql.BigInteger())
         pending = (
             sql.select(t.c.position)
             .where(t.c.sent_at.is_(None), t.c.dead_at.is_(None), t.c.position <= top)
@@ -590,14 +669,25 @@ class Relay:
         )
         count = sql.select(sql.func.count()).select_from(pending).scalar_subquery()
         if not self.options.dead_letter_blocks_key:
-            return sql.select(count)
+            return count
         dead = (
             sql.select(t.c.position)
             .where(t.c.dead_at.is_not(None), t.c.sent_at.is_(None), t.c.position <= top)
             .limit(1)
             .subquery("dead")
         )
-        return sql.select(count + sql.select(sql.func.count()).select_from(dead).scalar_subquery())
+        return count + sql.select(sql.func.count()).select_from(dead).scalar_subquery()
+
+    def _build_counted(self, claim: Any) -> Any:
+        """*claim* with the unsent count up to its last row as a last column: one round
+        trip. Both read one snapshot, which sees every earlier row of a claimed
+        row's key (committed before it) that was not yet sent."""
+        sql = require("sqlalchemy", "sql")
+        claimed = claim.cte("claimed")
+        top = sql.select(sql.func.max(claimed.c.position)).scalar_subquery()
+        return sql.select(claimed, self._build_unsent_count(top).label("unsent")).order_by(
+            claimed.c.position
+        )
 
     def _build_prev_query(self) -> Any:
         """``(position, prev)`` of claimed rows: each one's nearest earlier unsent row of its key."""
@@ -639,9 +729,25 @@ class Relay:
             .values(sent_at=sql.bindparam("now"), attempts=t.c.attempts + 1)
         )
 
-    def _claim(self, conn: sa.Connection, in_flight: Sequence[_Row] = ()) -> list[_Row]:
+    def _claim(
+        self, conn: sa.Connection, in_flight: _Claim | None = None
+    ) -> tuple[list[_Row], bool]:
+        """The next batch, and whether it is exact (see `_claim_rows`)."""
         now = _utcnow()
-        claimed = self._claim_rows(conn, self._claim_query, now, in_flight)
+        params: dict[str, Any] = {"now": now}
+        held: Sequence[_Row] = ()
+        if self._overlap:
+            params["floor"] = _NO_FLOOR
+            if in_flight is not None:
+                held = in_flight.rows
+                if in_flight.exact:
+                    params["floor"] = in_flight.rows[-1].position
+        if self._counted_query is not None:
+            # Any cap above what can be ours will do: the batch and the one in flight.
+            params["cap"] = self.options.batch_size + len(held) + 1
+            claimed, exact = self._claim_rows(conn, self._counted_query, params, held, counted=True)
+        else:
+            claimed, exact = self._claim_rows(conn, self._claim_query, params, held)
         half = len(claimed) // 2
         # Rows with no earlier unsent row of their key are always publishable: when
         # they are half the batch, skip planning the waves just to count.
@@ -654,38 +760,51 @@ class Relay:
                 seen = {r.position for r in claimed}
                 extra = [
                     r
-                    for r in self._claim_rows(conn, self._heads_query, now, in_flight)
+                    for r in self._claim_rows(conn, self._heads_query, params, held)[0]
                     if r.position not in seen
                 ]
                 if extra:
                     claimed = sorted(claimed + extra, key=lambda r: r.position)
-        return claimed
+                    exact = False
+        return claimed, exact
 
     def _claim_rows(
-        self, conn: sa.Connection, query: Any, now: dt.datetime, in_flight: Sequence[_Row]
-    ) -> list[_Row]:
+        self,
+        conn: sa.Connection,
+        query: Any,
+        params: dict[str, Any],
+        in_flight: Sequence[_Row],
+        *,
+        counted: bool = False,
+    ) -> tuple[list[_Row], bool]:
         """Lock a batch, then find each row's ``prev`` (see `plan_waves`).
 
-        The claim is a locking read; `prev` comes from a later statement. Any
+        The claim is a locking read; `prev` comes from the same statement's
+        snapshot (*counted*: the count is the query's last column) or a later one. Any
         earlier row of a claimed row's key committed before it (writers lock
         the key), so that statement sees it unless it was sent meanwhile: the
         answer is exact or errs on the side of waiting. Usually no row up to
         the batch's last position is unsent except the batch itself and the
         batch *in_flight* (this relay's, being published: locked, still unsent),
         as one cheap count says, and each row's `prev` is its key's previous row
-        among those; otherwise one indexed lookup per row finds it.
+        among those; otherwise one indexed lookup per row finds it. The count
+        matching is what the returned flag says ("exact").
         """
-        rows: Sequence[Any] = self._fetch(conn, query, {"now": now})
+        rows: Sequence[Any] = self._fetch(conn, query, params)
         if not rows:
-            return []
+            return [], False
         # Column order: position, message_id, type, key, destination, payload,
-        # headers, occurred_at, attempts (see _build_claim_query).
+        # headers, occurred_at, attempts (see _build_claim_query)[, unsent count].
         top = rows[-1][0]
         held = [(r.position, r.key) for r in in_flight if r.position <= top]
         expected = len(rows) + len(held)
         prevs: dict[int, int | None]
-        unsent = self._fetch(conn, self._unsent_query, {"top": top, "cap": expected + 1})
-        if unsent[0][0] == expected:
+        if counted:
+            unsent = rows[0][-1]
+        else:
+            unsent = self._fetch(conn, self._unsent_query, {"top": top, "cap": expected + 1})[0][0]
+        exact = unsent == expected
+        if exact:
             # Every unsent row up to `top` is in the batch or in flight.
             prevs = {}
             last: dict[str, int] = {}
@@ -703,7 +822,7 @@ class Relay:
             prevs = dict(self._fetch(conn, self._prev_query, {"positions": keyed})) if keyed else {}
         new = tuple.__new__
         get = prevs.get
-        return [
+        batch = [
             new(
                 _Row,
                 (
@@ -735,8 +854,10 @@ class Relay:
                 headers,
                 occurred,
                 attempts,
+                *_,  # the count, when *counted*
             ) in rows
         ]
+        return batch, exact
 
     def _fetch(self, conn: sa.Connection, statement: Any, params: dict[str, Any]) -> Sequence[Any]:
         raw = self._pg_statements.get(statement) if self._pg_statements else None
@@ -808,15 +929,18 @@ class Relay:
         else:
             self._publisher.publish(messages)
 
+    def _done_params(self, outcome: _Outcome, now: dt.datetime | None = None) -> dict[str, Any]:
+        positions: Any = [r.position for r in outcome.delivered]
+        if self._engine.dialect.name == "postgresql":
+            positions = "{" + ",".join(map(str, positions)) + "}"
+        return {"positions": positions, "now": now or _utcnow()}
+
     def _record(self, conn: sa.Connection, outcome: _Outcome) -> list[_Row]:
         sql = require("sqlalchemy", "sql")
         t = self._outbox.table
         now = _utcnow()
         if outcome.delivered:
-            positions: Any = [r.position for r in outcome.delivered]
-            if self._engine.dialect.name == "postgresql":
-                positions = "{" + ",".join(map(str, positions)) + "}"
-            conn.execute(self._done_statement, {"positions": positions, "now": now})
+            conn.execute(self._done_statement, self._done_params(outcome, now))
         dead: list[_Row] = []
         if outcome.failed and outcome.transport:
             # The broker is down or slow: not the rows' fault. The relay backs off

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import operator
 import os
 import socket
 import threading
@@ -685,9 +686,9 @@ class Relay:
         sql = require("sqlalchemy", "sql")
         claimed = claim.cte("claimed")
         top = sql.select(sql.func.max(claimed.c.position)).scalar_subquery()
-        return sql.select(claimed, self._build_unsent_count(top).label("unsent")).order_by(
-            claimed.c.position
-        )
+        # No ORDER BY: re-sorting 500 wide rows costs the server more than
+        # `_claim_rows` checking the order the claim produced them in.
+        return sql.select(claimed, self._build_unsent_count(top).label("unsent"))
 
     def _build_prev_query(self) -> Any:
         """``(position, prev)`` of claimed rows: each one's nearest earlier unsent row of its key."""
@@ -793,6 +794,8 @@ class Relay:
         rows: Sequence[Any] = self._fetch(conn, query, params)
         if not rows:
             return [], False
+        if counted and not all(map(operator.lt, (r[0] for r in rows), (r[0] for r in rows[1:]))):
+            rows = sorted(rows, key=operator.itemgetter(0))
         # Column order: position, message_id, type, key, destination, payload,
         # headers, occurred_at, attempts (see _build_claim_query)[, unsent count].
         top = rows[-1][0]

@@ -524,22 +524,31 @@ class Relay:
         next batch: ``DELETE; COMMIT; BEGIN`` is one round trip, and the claim
         runs in the transaction it opened. A batch with failures settles as usual.
         """
-        if published is None:
-            return [], self._open_claim(in_flight) if in_flight is not None else None
-        claim, outcome = published.claim, published.outcome
-        if in_flight is None or outcome.failed or self._pg_rollover is None:
-            dead = self._settle(claim, outcome)
-            return dead, self._open_claim(in_flight) if in_flight is not None else None
+        rollover = self._pg_rollover
+        if (
+            rollover is not None
+            and published is not None
+            and in_flight is not None
+            and not published.outcome.failed
+        ):
+            return [], self._roll_over(rollover, published, in_flight)
+        dead = self._settle(published.claim, published.outcome) if published is not None else []
+        return dead, self._open_claim(in_flight) if in_flight is not None else None
+
+    def _roll_over(
+        self, rollover: _PgRollover, published: _Published, in_flight: _Claim
+    ) -> _Claim | None:
+        claim = published.claim
         try:
-            self._pg_rollover.run(claim.conn, self._done_params(outcome))
+            rollover.run(claim.conn, self._done_params(published.outcome))
             rows, exact = self._claim(claim.conn, in_flight)
         except BaseException:
             claim.close(commit=False)
             raise
         if not rows:
             claim.close(commit=False)
-            return [], None
-        return [], _Claim(claim.conn, claim.txn, rows, exact)
+            return None
+        return _Claim(claim.conn, claim.txn, rows, exact)
 
     def _open_claim(self, in_flight: _Claim | None = None) -> _Claim | None:
         conn = self._engine.connect()
